@@ -1,0 +1,311 @@
+//! The flexibility envelope and the roll-up math.
+//!
+//! A [`FlexEnvelope`] says what a node of the hierarchy can do *now*: how many
+//! watts it can move up (shed load / add generation) or down, how much energy it
+//! can sustain each way, how fast it can ramp, and how many devices are online,
+//! broken down per [`DerKind`]. A DER computes its envelope from its rating and
+//! last state ([`der_envelope`]); every aggregate's envelope is the plain sum of
+//! its children's ([`FlexEnvelope::add`]). Because all fields are integers the
+//! sum is exact, so a parent keeps a running total and applies each child
+//! report as `total - old + new` in O(1).
+//!
+//! ```text
+//!   DER (rating, state) ──der_envelope──► env_d
+//!   site    = Σ env_d            (per kind)
+//!   virtual = Σ env_site | env_virtual
+//!   root    = whole fleet
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::der::{DerKind, DerRating, DerState};
+use crate::dispatch::Direction;
+
+/// Flexibility of the devices of one kind under a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindFlex {
+    /// Power that can be moved up (less import / more export), W.
+    pub up_w: u64,
+    /// Power that can be moved down (more import / less export), W.
+    pub down_w: u64,
+    /// Energy that can be delivered upward before limits bite, Wh.
+    pub up_wh: u64,
+    /// Energy that can be absorbed downward before limits bite, Wh.
+    pub down_wh: u64,
+    /// Sum of the ramp rates of online devices, W/min.
+    pub ramp_w_per_min: u64,
+    /// Devices online.
+    pub online: u64,
+    /// Devices in total.
+    pub total: u64,
+    /// Σ cost × up_w (micro-currency/kWh × W): divide by `up_w` for the
+    /// capacity-weighted cost of moving up. Kept as a sum so it rolls up exactly.
+    pub up_cost_weight: u128,
+    /// Σ cost × down_w, as `up_cost_weight` for the down direction.
+    pub down_cost_weight: u128,
+}
+
+impl KindFlex {
+    fn add(&mut self, o: &KindFlex) {
+        self.up_w += o.up_w;
+        self.down_w += o.down_w;
+        self.up_wh += o.up_wh;
+        self.down_wh += o.down_wh;
+        self.ramp_w_per_min += o.ramp_w_per_min;
+        self.online += o.online;
+        self.total += o.total;
+        self.up_cost_weight += o.up_cost_weight;
+        self.down_cost_weight += o.down_cost_weight;
+    }
+
+    // Saturating so that a bug elsewhere can at worst under-report, never wrap.
+    fn sub(&mut self, o: &KindFlex) {
+        self.up_w = self.up_w.saturating_sub(o.up_w);
+        self.down_w = self.down_w.saturating_sub(o.down_w);
+        self.up_wh = self.up_wh.saturating_sub(o.up_wh);
+        self.down_wh = self.down_wh.saturating_sub(o.down_wh);
+        self.ramp_w_per_min = self.ramp_w_per_min.saturating_sub(o.ramp_w_per_min);
+        self.online = self.online.saturating_sub(o.online);
+        self.total = self.total.saturating_sub(o.total);
+        self.up_cost_weight = self.up_cost_weight.saturating_sub(o.up_cost_weight);
+        self.down_cost_weight = self.down_cost_weight.saturating_sub(o.down_cost_weight);
+    }
+
+    /// Power available in `dir`, W.
+    pub fn available_w(&self, dir: Direction) -> u64 {
+        match dir {
+            Direction::Up => self.up_w,
+            Direction::Down => self.down_w,
+        }
+    }
+}
+
+/// What a node can do now, per DER kind. See the module docs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlexEnvelope {
+    /// Indexed by [`DerKind::index`].
+    pub by_kind: [KindFlex; DerKind::COUNT],
+}
+
+impl FlexEnvelope {
+    /// The envelope of nothing.
+    pub fn zero() -> Self {
+        Self::default()
+    }
+
+    /// Adds `other` into `self` (roll-up).
+    pub fn add(&mut self, other: &FlexEnvelope) {
+        for (a, b) in self.by_kind.iter_mut().zip(other.by_kind.iter()) {
+            a.add(b);
+        }
+    }
+
+    /// Removes `other` from `self` (a child's previous report).
+    pub fn sub(&mut self, other: &FlexEnvelope) {
+        for (a, b) in self.by_kind.iter_mut().zip(other.by_kind.iter()) {
+            a.sub(b);
+        }
+    }
+
+    /// Replaces a child's contribution: `self - old + new`.
+    pub fn replace(&mut self, old: &FlexEnvelope, new: &FlexEnvelope) {
+        self.sub(old);
+        self.add(new);
+    }
+
+    /// All kinds summed.
+    pub fn total(&self) -> KindFlex {
+        let mut t = KindFlex::default();
+        for k in &self.by_kind {
+            t.add(k);
+        }
+        t
+    }
+
+    /// The flexibility of one kind.
+    pub fn kind(&self, kind: DerKind) -> &KindFlex {
+        &self.by_kind[kind.index()]
+    }
+
+    /// Power available in `dir` over all kinds, W.
+    pub fn available_w(&self, dir: Direction) -> u64 {
+        self.by_kind.iter().map(|k| k.available_w(dir)).sum()
+    }
+
+    /// Capacity-weighted cost of moving in `dir`, micro-currency per kWh
+    /// (0 when nothing is available).
+    pub fn mean_cost(&self, dir: Direction) -> u64 {
+        let t = self.total();
+        let (w, weight) = match dir {
+            Direction::Up => (t.up_w, t.up_cost_weight),
+            Direction::Down => (t.down_w, t.down_cost_weight),
+        };
+        if w == 0 {
+            0
+        } else {
+            (weight / w as u128) as u64
+        }
+    }
+
+    /// Sums any number of envelopes.
+    pub fn sum<'a>(items: impl IntoIterator<Item = &'a FlexEnvelope>) -> FlexEnvelope {
+        let mut s = FlexEnvelope::zero();
+        for e in items {
+            s.add(e);
+        }
+        s
+    }
+}
+
+fn clamp_u(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+/// Wh of stored energy between `soc` and `limit` (percent) in a store of
+/// `energy_wh`.
+fn soc_energy(energy_wh: u64, from_pct: f32, to_pct: f32) -> u64 {
+    let span = (to_pct - from_pct).max(0.0) as f64 / 100.0;
+    (energy_wh as f64 * span).round() as u64
+}
+
+/// The envelope of one DER: what its physics allow from its current state.
+///
+/// - battery: from `power_w` it can go down to `-max_export` (up) or up to
+///   `max_import` (down); energy between SoC and the owner's limits.
+/// - EV charger: can pause charging (up) or charge at full rate (down);
+///   energy: what is left to charge (down), charging it can forgo for the hold time (up).
+/// - HVAC / water heater: can switch off (up) while inside the comfort band,
+///   or run at full power (down); energy = power × hold time.
+/// - PV: cannot generate more than it does (MPPT), can curtail (down).
+/// - curtailable load: can shed what it draws (up); no down.
+///
+/// Offline DERs offer nothing but still count in `total`; DERs whose owner
+/// has taken local control count as online but offer nothing.
+pub fn der_envelope(rating: &DerRating, state: &DerState) -> FlexEnvelope {
+    let mut env = FlexEnvelope::zero();
+    let k = &mut env.by_kind[rating.kind.index()];
+    k.total = 1;
+    if !state.online {
+        return env;
+    }
+    k.online = 1;
+    if !state.accepts_control {
+        return env;
+    }
+    let imp = rating.max_import_w as i64;
+    let exp = rating.max_export_w as i64;
+    // Clamp the reported power into what the rating allows, so a noisy meter
+    // cannot inflate the envelope.
+    let p = state.power_w.clamp(-exp, imp);
+    let hold_h = rating.hold_s() as f64 / 3600.0;
+    let held = |w: u64| (w as f64 * hold_h).round() as u64;
+    match rating.kind {
+        DerKind::Battery => {
+            let soc = state.soc_pct.unwrap_or(50.0).clamp(0.0, 100.0);
+            let (lo, hi) = (rating.soc_min_pct as f32, rating.soc_max_pct as f32);
+            k.up_wh = soc_energy(rating.energy_wh, lo, soc);
+            k.down_wh = soc_energy(rating.energy_wh, soc, hi);
+            k.up_w = if k.up_wh > 0 { clamp_u(p + exp) } else { 0 };
+            k.down_w = if k.down_wh > 0 { clamp_u(imp - p) } else { 0 };
+        }
+        DerKind::EvCharger => {
+            let soc = state.soc_pct.unwrap_or(50.0).clamp(0.0, 100.0);
+            let need = soc_energy(rating.energy_wh, soc, rating.soc_max_pct as f32);
+            k.up_w = if need > 0 { clamp_u(p) } else { 0 };
+            k.up_wh = held(k.up_w).min(need);
+            k.down_w = if need > 0 { clamp_u(imp - p) } else { 0 };
+            k.down_wh = need;
+        }
+        DerKind::Hvac | DerKind::WaterHeater => {
+            let in_band = match (rating.comfort_c, state.temperature_c) {
+                (Some((lo, hi)), Some(t)) => lo <= t && t <= hi,
+                _ => true,
+            };
+            k.up_w = if in_band { clamp_u(p) } else { 0 };
+            k.down_w = if in_band { clamp_u(imp - p) } else { 0 };
+            k.up_wh = held(k.up_w);
+            k.down_wh = held(k.down_w);
+        }
+        DerKind::Pv => {
+            k.up_w = 0;
+            k.down_w = clamp_u(-p);
+            k.down_wh = held(k.down_w);
+        }
+        DerKind::CurtailableLoad => {
+            k.up_w = clamp_u(p);
+            k.up_wh = held(k.up_w);
+        }
+    }
+    if k.up_w > 0 || k.down_w > 0 {
+        k.ramp_w_per_min = rating.ramp_w_per_min;
+    }
+    let cost = rating.cost_micros_per_kwh as u128;
+    k.up_cost_weight = cost * k.up_w as u128;
+    k.down_cost_weight = cost * k.down_w as u128;
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn battery() -> DerRating {
+        let mut r = DerRating::new(DerKind::Battery, 5000, 5000);
+        r.energy_wh = 10_000;
+        r.soc_min_pct = 10;
+        r.soc_max_pct = 90;
+        r.cost_micros_per_kwh = 100_000;
+        r
+    }
+
+    #[test]
+    fn idle_battery_at_half_charge() {
+        let r = battery();
+        let s = DerState::nominal(&r);
+        let e = der_envelope(&r, &s);
+        let b = e.kind(DerKind::Battery);
+        assert_eq!((b.up_w, b.down_w), (5000, 5000));
+        assert_eq!((b.up_wh, b.down_wh), (4000, 4000));
+        assert_eq!((b.online, b.total), (1, 1));
+        assert_eq!(e.mean_cost(Direction::Up), 100_000);
+    }
+
+    #[test]
+    fn offline_counts_but_offers_nothing() {
+        let r = battery();
+        let mut s = DerState::nominal(&r);
+        s.online = false;
+        let b = *der_envelope(&r, &s).kind(DerKind::Battery);
+        assert_eq!(b, KindFlex { total: 1, ..Default::default() });
+    }
+
+    #[test]
+    fn empty_battery_cannot_go_up() {
+        let r = battery();
+        let mut s = DerState::nominal(&r);
+        s.soc_pct = Some(10.0);
+        let b = *der_envelope(&r, &s).kind(DerKind::Battery);
+        assert_eq!(b.up_w, 0);
+        assert_eq!(b.down_w, 5000);
+    }
+
+    #[test]
+    fn pv_curtails_only() {
+        let r = DerRating::new(DerKind::Pv, 0, 4000);
+        let s = DerState::nominal(&r);
+        let p = *der_envelope(&r, &s).kind(DerKind::Pv);
+        assert_eq!((p.up_w, p.down_w), (0, 2400));
+    }
+
+    #[test]
+    fn roll_up_replace_is_exact() {
+        let r = battery();
+        let a = der_envelope(&r, &DerState::nominal(&r));
+        let mut s2 = DerState::nominal(&r);
+        s2.power_w = -2000;
+        let b = der_envelope(&r, &s2);
+        let mut total = FlexEnvelope::sum([&a, &a, &a]);
+        total.replace(&a, &b);
+        assert_eq!(total, FlexEnvelope::sum([&a, &a, &b]));
+    }
+}

@@ -1,0 +1,1 @@
+//! Hierarchy files (TOML). (Being written.)
