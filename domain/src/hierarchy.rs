@@ -360,7 +360,7 @@ impl Hierarchy {
             note(&d.id, NodeKind::Der, &mut errs);
         }
 
-        let mut check_parent =
+        let check_parent =
             |id: &NodeId, kind: NodeKind, parent: &NodeId, expected: NodeKind, errs: &mut Errors| {
                 match kinds.get(parent) {
                     None => errs.push(HierarchyError::UnknownParent {
