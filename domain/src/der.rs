@@ -229,7 +229,10 @@ impl DerState {
             DerKind::Battery => (0, Some(50.0), None),
             DerKind::EvCharger => (imp, Some(40.0), None),
             DerKind::Hvac => {
-                let mid = rating.comfort_c.map(|(lo, hi)| (lo + hi) / 2.0).unwrap_or(21.0);
+                let mid = rating
+                    .comfort_c
+                    .map(|(lo, hi)| (lo + hi) / 2.0)
+                    .unwrap_or(21.0);
                 (imp / 2, None, Some(mid))
             }
             DerKind::WaterHeater => (imp, None, Some(55.0)),

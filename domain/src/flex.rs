@@ -276,7 +276,13 @@ mod tests {
         let mut s = DerState::nominal(&r);
         s.online = false;
         let b = *der_envelope(&r, &s).kind(DerKind::Battery);
-        assert_eq!(b, KindFlex { total: 1, ..Default::default() });
+        assert_eq!(
+            b,
+            KindFlex {
+                total: 1,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]

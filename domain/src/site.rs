@@ -38,9 +38,7 @@ impl Location {
         }
         for (name, v) in [("zone", &self.zone), ("feeder", &self.feeder)] {
             if v.len() > 64 || v.chars().any(char::is_control) {
-                return Err(format!(
-                    "{name} must be at most 64 printable characters"
-                ));
+                return Err(format!("{name} must be at most 64 printable characters"));
             }
         }
         Ok(())

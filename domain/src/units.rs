@@ -83,7 +83,10 @@ mod tests {
         assert_eq!(kilo_to_unit(5.0), Ok(5000));
         assert_eq!(kilo_to_unit(0.0015), Ok(2));
         assert!(matches!(kilo_to_unit(-1.0), Err(UnitError::Negative(_))));
-        assert!(matches!(kilo_to_unit(f64::NAN), Err(UnitError::NotFinite(_))));
+        assert!(matches!(
+            kilo_to_unit(f64::NAN),
+            Err(UnitError::NotFinite(_))
+        ));
         assert!(matches!(kilo_to_unit(1e12), Err(UnitError::Absurd(_))));
         assert_eq!(kilo_to_unit_signed(-2.5), Ok(-2500));
         assert_eq!(unit_to_kilo(1500), 1.5);
