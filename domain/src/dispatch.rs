@@ -70,7 +70,8 @@ pub struct DispatchOrder {
 impl DispatchOrder {
     /// When the order ends, Unix ms.
     pub fn end_ms(&self) -> u64 {
-        self.start_ms.saturating_add(self.duration_s.saturating_mul(1000))
+        self.start_ms
+            .saturating_add(self.duration_s.saturating_mul(1000))
     }
 
     /// Checks the figures of the order (the target is checked by whoever knows

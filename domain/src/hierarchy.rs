@@ -156,7 +156,9 @@ pub enum HierarchyError {
         parent: NodeId,
     },
     /// A parent of the wrong kind (a site under a DER, …).
-    #[error("{id}: a {kind} cannot be under {parent}, which is a {parent_kind} (expected a {expected})")]
+    #[error(
+        "{id}: a {kind} cannot be under {parent}, which is a {parent_kind} (expected a {expected})"
+    )]
     WrongParentKind {
         /// The child.
         id: NodeId,
@@ -360,30 +362,39 @@ impl Hierarchy {
             note(&d.id, NodeKind::Der, &mut errs);
         }
 
-        let check_parent =
-            |id: &NodeId, kind: NodeKind, parent: &NodeId, expected: NodeKind, errs: &mut Errors| {
-                match kinds.get(parent) {
-                    None => errs.push(HierarchyError::UnknownParent {
-                        id: id.clone(),
-                        parent: parent.clone(),
-                    }),
-                    Some(pk) if *pk != expected => errs.push(HierarchyError::WrongParentKind {
-                        id: id.clone(),
-                        kind: kind.as_str(),
-                        parent: parent.clone(),
-                        parent_kind: pk.as_str(),
-                        expected: expected.as_str(),
-                    }),
-                    Some(_) => {}
-                }
-            };
+        let check_parent = |id: &NodeId,
+                            kind: NodeKind,
+                            parent: &NodeId,
+                            expected: NodeKind,
+                            errs: &mut Errors| {
+            match kinds.get(parent) {
+                None => errs.push(HierarchyError::UnknownParent {
+                    id: id.clone(),
+                    parent: parent.clone(),
+                }),
+                Some(pk) if *pk != expected => errs.push(HierarchyError::WrongParentKind {
+                    id: id.clone(),
+                    kind: kind.as_str(),
+                    parent: parent.clone(),
+                    parent_kind: pk.as_str(),
+                    expected: expected.as_str(),
+                }),
+                Some(_) => {}
+            }
+        };
 
         let mut roots = Vec::new();
         for v in &self.virtual_ders {
             check_name(&mut errs, &v.id, "name", &v.name);
             match &v.parent {
                 None => roots.push(v.id.clone()),
-                Some(p) => check_parent(&v.id, NodeKind::VirtualDer, p, NodeKind::VirtualDer, &mut errs),
+                Some(p) => check_parent(
+                    &v.id,
+                    NodeKind::VirtualDer,
+                    p,
+                    NodeKind::VirtualDer,
+                    &mut errs,
+                ),
             }
         }
         for s in &self.sites {
@@ -396,7 +407,13 @@ impl Hierarchy {
                     reason,
                 });
             }
-            check_parent(&s.id, NodeKind::Site, &s.parent, NodeKind::VirtualDer, &mut errs);
+            check_parent(
+                &s.id,
+                NodeKind::Site,
+                &s.parent,
+                NodeKind::VirtualDer,
+                &mut errs,
+            );
         }
         for d in &self.ders {
             check_name(&mut errs, &d.id, "name", &d.name);
@@ -462,10 +479,16 @@ impl Hierarchy {
             }
         }
         for s in &self.sites {
-            children.entry(s.parent.clone()).or_default().push(s.id.clone());
+            children
+                .entry(s.parent.clone())
+                .or_default()
+                .push(s.id.clone());
         }
         for d in &self.ders {
-            children.entry(d.site.clone()).or_default().push(d.id.clone());
+            children
+                .entry(d.site.clone())
+                .or_default()
+                .push(d.id.clone());
         }
         let mut topo = Topology {
             root: roots.pop(),

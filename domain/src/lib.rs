@@ -26,6 +26,7 @@
 pub mod der;
 pub mod dispatch;
 pub mod flex;
+pub mod generate;
 pub mod hierarchy;
 pub mod hierarchy_file;
 pub mod id;
