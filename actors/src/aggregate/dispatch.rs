@@ -1,0 +1,241 @@
+//! The closed-loop dispatch split of one aggregate (see the parent module).
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use vpp_domain::split::{resplit, Candidate};
+use vpp_domain::{DispatchId, DispatchOrder, NodeAllocation, Refusal};
+
+use super::{Aggregate, Alloc};
+use crate::messages::{settle, AggregateMsg, ChildRef, DerMsg, DispatchOutcome, DispatchShare};
+use crate::metrics::Metrics;
+use crate::now_ms;
+
+/// Asks one child to hold `share_w` of `order`, answering by `deadline`.
+async fn ask(
+    child: Option<ChildRef>,
+    order: Arc<DispatchOrder>,
+    share_w: u64,
+    deadline: Instant,
+) -> Result<DispatchOutcome, String> {
+    let now = Instant::now();
+    let timeout = deadline.saturating_duration_since(now);
+    // Give the child's own children a smaller window than ours, so that a
+    // silent grandchild is detected below us before we give up on the child.
+    let inner = now + timeout.mul_f32(0.75);
+    let share = DispatchShare {
+        order,
+        share_w,
+        deadline: inner,
+    };
+    match child {
+        Some(ChildRef::Der(a)) => settle(
+            a.call(|rp| DerMsg::Dispatch(share, rp), Some(timeout))
+                .await,
+        ),
+        Some(ChildRef::Aggregate(a)) => settle(
+            a.call(|rp| AggregateMsg::Dispatch(share, rp), Some(timeout))
+                .await,
+        ),
+        None => Err("child actor is down".into()),
+    }
+}
+
+impl Aggregate {
+    /// Places `share.share_w` of the order on the children (total, not
+    /// increment; see [`DispatchShare`]).
+    pub(crate) async fn dispatch(&mut self, share: DispatchShare) -> DispatchOutcome {
+        let order = share.order.clone();
+        let span = tracing::debug_span!("dispatch", node = %self.id, order = %order.id, share_w = share.share_w);
+        let _g = span.enter();
+        self.expire(now_ms());
+        let n = self.children.len();
+
+        // A smaller share than already placed: start over for this order.
+        if let Some(a) = self.allocs.get(&order.id) {
+            if share.share_w < a.shares.iter().sum::<u64>() {
+                self.cancel(&order.id).await;
+            }
+        }
+        let dir = order.direction;
+        let committed = self.committed(dir, Some(&order.id));
+        let candidates: Vec<Candidate> = self
+            .children
+            .iter()
+            .zip(&committed)
+            .map(|(c, used)| Candidate {
+                available_w: if c.failed {
+                    0
+                } else {
+                    c.env.available_w(dir).saturating_sub(*used)
+                },
+                cost: c.env.mean_cost(dir),
+                last_dispatched_ms: c.last_dispatched_ms,
+            })
+            .collect();
+
+        let mut alloc = self.allocs.remove(&order.id).unwrap_or_else(|| Alloc {
+            order: order.clone(),
+            shares: vec![0; n],
+            outcomes: vec![None; n],
+            record: NodeAllocation {
+                dispatch: order.id.clone(),
+                node: self.id.clone(),
+                requested_w: 0,
+                allocated_w: 0,
+                shortfall_w: 0,
+                children: Vec::new(),
+                refusals: Vec::new(),
+                resplits: 0,
+            },
+        });
+        let mut refused = vec![false; n];
+        let mut rounds = 0u32;
+        loop {
+            let placed: u64 = alloc.shares.iter().sum();
+            let gap = share.share_w.saturating_sub(placed);
+            if gap == 0 {
+                break;
+            }
+            let extra = resplit(gap, &candidates, &alloc.shares, &refused, self.strategy);
+            let asks: Vec<usize> = (0..n).filter(|&i| extra.allocations[i] > 0).collect();
+            if asks.is_empty() {
+                break;
+            }
+            if rounds > 0 {
+                Metrics::inc(&self.ctx.metrics.resplits);
+            }
+            let futs = asks.iter().map(|&i| {
+                ask(
+                    self.children[i].actor.clone(),
+                    order.clone(),
+                    alloc.shares[i] + extra.allocations[i],
+                    share.deadline,
+                )
+            });
+            let answers = futures::future::join_all(futs).await;
+            let now = now_ms();
+            for (&i, answer) in asks.iter().zip(answers) {
+                let asked = alloc.shares[i] + extra.allocations[i];
+                let child = &mut self.children[i];
+                child.last_dispatched_ms = Some(now);
+                match answer {
+                    Ok(out) => {
+                        if out.accepted_w < asked {
+                            refused[i] = true;
+                            Metrics::inc(&self.ctx.metrics.dispatch_refusals);
+                            alloc.record.refusals.push(Refusal {
+                                child: child.id.clone(),
+                                refused_w: asked - out.accepted_w,
+                                reason: out.reason.clone().unwrap_or_else(|| "refused".into()),
+                            });
+                        }
+                        alloc.shares[i] = out.accepted_w.min(asked);
+                        alloc.outcomes[i] = Some(out);
+                    }
+                    Err(reason) => {
+                        refused[i] = true;
+                        Metrics::inc(&self.ctx.metrics.dispatch_child_failures);
+                        tracing::warn!(node = %self.id, child = %child.id, %reason, "dispatch share failed");
+                        alloc.record.refusals.push(Refusal {
+                            child: child.id.clone(),
+                            refused_w: asked,
+                            reason,
+                        });
+                        // It may still act on the share later; withdraw it.
+                        if let Some(actor) = &child.actor {
+                            cancel_cast(actor, &order.id);
+                        }
+                        alloc.shares[i] = 0;
+                        alloc.outcomes[i] = None;
+                    }
+                }
+            }
+            if rounds >= self.ctx.config.max_resplits {
+                break;
+            }
+            rounds += 1;
+        }
+
+        let placed: u64 = alloc.shares.iter().sum();
+        let rec = &mut alloc.record;
+        rec.requested_w = share.share_w;
+        rec.allocated_w = placed;
+        rec.shortfall_w = share.share_w.saturating_sub(placed);
+        rec.resplits += rounds.saturating_sub(1);
+        rec.children = self
+            .children
+            .iter()
+            .zip(&alloc.shares)
+            .filter(|(_, w)| **w > 0)
+            .map(|(c, w)| (c.id.clone(), *w))
+            .collect();
+        self.ctx.journal.allocation(rec);
+        let ders = alloc.outcomes.iter().flatten().map(|o| o.ders).sum();
+        let sub_resplits: u64 = alloc.outcomes.iter().flatten().map(|o| o.resplits).sum();
+        let reason = (rec.shortfall_w > 0).then(|| {
+            if rec.refusals.is_empty() {
+                format!("only {placed} W of {} W available", share.share_w)
+            } else {
+                format!(
+                    "short {} W after {} refusal(s), first: {}: {}",
+                    rec.shortfall_w,
+                    rec.refusals.len(),
+                    rec.refusals[0].child,
+                    rec.refusals[0].reason
+                )
+            }
+        });
+        let out = DispatchOutcome {
+            accepted_w: placed,
+            ders,
+            resplits: u64::from(rec.resplits) + sub_resplits,
+            reason,
+        };
+        if placed > 0 {
+            self.allocs.insert(order.id.clone(), alloc);
+        }
+        out
+    }
+
+    /// Withdraws an order from this node and every child that holds a share.
+    pub(crate) async fn cancel(&mut self, id: &DispatchId) {
+        let Some(alloc) = self.allocs.remove(id) else {
+            return;
+        };
+        let timeout = self.ctx.config.dispatch_timeout;
+        let futs = self
+            .children
+            .iter()
+            .zip(&alloc.shares)
+            .filter(|(_, w)| **w > 0)
+            .filter_map(|(c, _)| c.actor.clone())
+            .map(|actor| {
+                let id = id.clone();
+                async move {
+                    match actor {
+                        ChildRef::Der(a) => {
+                            let _ = a
+                                .call(|rp| DerMsg::Cancel(id, Some(rp)), Some(timeout))
+                                .await;
+                        }
+                        ChildRef::Aggregate(a) => {
+                            let _ = a
+                                .call(|rp| AggregateMsg::Cancel(id, Some(rp)), Some(timeout))
+                                .await;
+                        }
+                    }
+                }
+            });
+        futures::future::join_all(futs).await;
+    }
+}
+
+fn cancel_cast(actor: &ChildRef, id: &DispatchId) {
+    let _ = match actor {
+        ChildRef::Der(a) => a.cast(DerMsg::Cancel(id.clone(), None)).map_err(|_| ()),
+        ChildRef::Aggregate(a) => a
+            .cast(AggregateMsg::Cancel(id.clone(), None))
+            .map_err(|_| ()),
+    };
+}

@@ -1,0 +1,31 @@
+//! Tunables of the actor hierarchy.
+
+use std::time::Duration;
+
+/// How the live hierarchy behaves. Defaults suit a fleet of a million DERs on
+/// two cores.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// An aggregate reports its envelope upward at most this often. Lower means
+    /// fresher roll-ups and more messages.
+    pub rollup_interval: Duration,
+    /// How long a dispatch may take from the node it was sent to down to every
+    /// DER. Children that have not answered by then count as failed and their
+    /// share is re-split.
+    pub dispatch_timeout: Duration,
+    /// Re-split rounds after refusals before the rest is reported as shortfall.
+    pub max_resplits: u32,
+    /// Concurrent spawns while building the tree.
+    pub spawn_parallelism: usize,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            rollup_interval: Duration::from_millis(100),
+            dispatch_timeout: Duration::from_secs(30),
+            max_resplits: 3,
+            spawn_parallelism: 4,
+        }
+    }
+}

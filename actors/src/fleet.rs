@@ -1,0 +1,359 @@
+//! [`Fleet`]: the handle the runtime holds on a live hierarchy.
+//!
+//! It owns the index from node id to actor, starts the tree (from a
+//! [`Hierarchy`] or from the store), and turns requests into messages:
+//! "what can you do now", dispatch, cancel, DER state updates.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::time::Instant;
+use vpp_domain::{
+    DerState, DispatchId, DispatchOrder, DispatchStatus, FlexEnvelope, Hierarchy, HierarchyError,
+    NodeAllocation, NodeId, NodeKind,
+};
+
+use crate::build::{build, Built, FleetCtx, NodeHandle, Snapshot};
+use crate::config::FleetConfig;
+use crate::journal::Journal;
+use crate::messages::{
+    settle, AggregateMsg, ChildRef, DerMsg, DispatchOutcome, DispatchShare, NodeView, StateRejected,
+};
+use crate::metrics::Metrics;
+use crate::now_ms;
+
+/// Why a fleet request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// No node has that id.
+    #[error("no node {0} in the hierarchy")]
+    UnknownNode(NodeId),
+    /// Orders go to aggregates.
+    #[error("{0} is a {1}; dispatch orders go to sites or virtual DERs")]
+    NotAnAggregate(NodeId, &'static str),
+    /// State updates go to DERs.
+    #[error("{0} is a {1}; state updates go to DERs")]
+    NotADer(NodeId, &'static str),
+    /// The node's actor did not answer.
+    #[error("node {0} did not answer: {1}")]
+    Unavailable(NodeId, String),
+    /// The hierarchy is not valid.
+    #[error("invalid hierarchy: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<HierarchyError>),
+    /// The tree could not be started.
+    #[error("starting the fleet: {0}")]
+    Start(String),
+    /// Reading saved state failed.
+    #[error(transparent)]
+    Store(#[from] vpp_store::StoreError),
+    /// A DER refused a state update.
+    #[error(transparent)]
+    Rejected(#[from] StateRejected),
+}
+
+/// Watches the root of the tree; logs when it goes down.
+struct FleetSupervisor;
+
+impl Actor for FleetSupervisor {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<()>,
+        evt: SupervisionEvent,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(who, err) = evt {
+            tracing::error!(actor = %who.get_id(), error = %err, "root of the fleet failed");
+        }
+        Ok(())
+    }
+}
+
+struct Inner {
+    index: HashMap<NodeId, NodeHandle>,
+    root: ActorRef<AggregateMsg>,
+    root_id: NodeId,
+    supervisor: ActorRef<()>,
+    ctx: Arc<FleetCtx>,
+}
+
+/// A live hierarchy of actors. Cheap to clone.
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Inner>,
+}
+
+impl Fleet {
+    /// Starts a fleet for `hierarchy` with every DER at its nominal state.
+    pub async fn start(
+        hierarchy: Hierarchy,
+        config: FleetConfig,
+        journal: Arc<dyn Journal>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Fleet, FleetError> {
+        let topology = hierarchy.validate().map_err(FleetError::Invalid)?;
+        let snap = Snapshot {
+            hierarchy,
+            topology,
+            states: HashMap::new(),
+            setpoints: HashMap::new(),
+            allocations: HashMap::new(),
+        };
+        Self::start_snapshot(snap, config, journal, metrics, None, |_, _| {}).await
+    }
+
+    /// Rebuilds the fleet from what the store holds: hierarchy, last DER
+    /// states, setpoints and the allocations of orders still active.
+    /// `progress(done, total)` is called after each level is up.
+    pub async fn start_from_store(
+        store: vpp_store::Store,
+        config: FleetConfig,
+        journal: Arc<dyn Journal>,
+        metrics: Arc<Metrics>,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Fleet, FleetError> {
+        let s = store.clone();
+        let snap = tokio::task::spawn_blocking(move || load_snapshot(&s))
+            .await
+            .map_err(|e| FleetError::Start(e.to_string()))??;
+        Self::start_snapshot(snap, config, journal, metrics, Some(store), progress).await
+    }
+
+    async fn start_snapshot(
+        snap: Snapshot,
+        config: FleetConfig,
+        journal: Arc<dyn Journal>,
+        metrics: Arc<Metrics>,
+        store: Option<vpp_store::Store>,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Fleet, FleetError> {
+        let (supervisor, _) = Actor::spawn(None, FleetSupervisor, ())
+            .await
+            .map_err(|e| FleetError::Start(e.to_string()))?;
+        let ctx = Arc::new(FleetCtx::new(config, metrics, journal, store));
+        let Built {
+            index,
+            root,
+            root_id,
+        } = match build(snap, ctx.clone(), supervisor.get_cell(), progress).await {
+            Ok(b) => b,
+            Err(e) => {
+                ctx.begin_shutdown();
+                supervisor.stop(None);
+                return Err(FleetError::Start(e));
+            }
+        };
+        Ok(Fleet {
+            inner: Arc::new(Inner {
+                index,
+                root,
+                root_id,
+                supervisor,
+                ctx,
+            }),
+        })
+    }
+
+    /// The root virtual DER.
+    pub fn root(&self) -> &NodeId {
+        &self.inner.root_id
+    }
+
+    /// Number of nodes of all kinds.
+    pub fn len(&self) -> usize {
+        self.inner.index.len()
+    }
+
+    /// True when the fleet has no nodes (never, once started).
+    pub fn is_empty(&self) -> bool {
+        self.inner.index.is_empty()
+    }
+
+    /// Kind and parent of a node.
+    pub fn node(&self, id: &NodeId) -> Option<(NodeKind, Option<&NodeId>)> {
+        self.inner
+            .index
+            .get(id)
+            .map(|h| (h.kind, h.parent.as_ref()))
+    }
+
+    /// The fleet's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.ctx.metrics
+    }
+
+    fn handle(&self, id: &NodeId) -> Result<&NodeHandle, FleetError> {
+        self.inner
+            .index
+            .get(id)
+            .ok_or_else(|| FleetError::UnknownNode(id.clone()))
+    }
+
+    fn timeout(&self) -> Duration {
+        self.inner.ctx.config.dispatch_timeout
+    }
+
+    /// "What can you do now": the node's envelope, commitments and children
+    /// as it currently knows them (roll-up may lag by `rollup_interval` per
+    /// level).
+    pub async fn view(&self, id: &NodeId) -> Result<NodeView, FleetError> {
+        let h = self.handle(id)?;
+        let t = Some(self.timeout());
+        let r = match &h.actor {
+            ChildRef::Der(a) => settle(a.call(DerMsg::View, t).await),
+            ChildRef::Aggregate(a) => settle(a.call(AggregateMsg::View, t).await),
+        };
+        r.map_err(|e| FleetError::Unavailable(id.clone(), e))
+    }
+
+    /// The node's envelope pulled fresh from every DER below it now.
+    pub async fn refresh(&self, id: &NodeId) -> Result<FlexEnvelope, FleetError> {
+        let h = self.handle(id)?;
+        let t = Some(self.timeout());
+        let r = match &h.actor {
+            ChildRef::Der(a) => settle(a.call(DerMsg::Refresh, t).await),
+            ChildRef::Aggregate(a) => settle(a.call(AggregateMsg::Refresh, t).await),
+        };
+        r.map_err(|e| FleetError::Unavailable(id.clone(), e))
+    }
+
+    fn der(&self, id: &NodeId) -> Result<&ActorRef<DerMsg>, FleetError> {
+        match &self.handle(id)?.actor {
+            ChildRef::Der(a) => Ok(a),
+            ChildRef::Aggregate(_) => Err(FleetError::NotADer(
+                id.clone(),
+                self.handle(id)?.kind.as_str(),
+            )),
+        }
+    }
+
+    /// Applies a new state to a DER and waits until it is applied.
+    pub async fn set_state(&self, id: &NodeId, state: DerState) -> Result<(), FleetError> {
+        let a = self.der(id)?;
+        let r = a
+            .call(|rp| DerMsg::SetState(state, Some(rp)), Some(self.timeout()))
+            .await;
+        answer(id, r)?.map_err(FleetError::from)
+    }
+
+    /// Applies a new state to a DER without waiting (telemetry path).
+    pub fn send_state(&self, id: &NodeId, state: DerState) -> Result<(), FleetError> {
+        self.der(id)?
+            .cast(DerMsg::SetState(state, None))
+            .map_err(|e| FleetError::Unavailable(id.clone(), e.to_string()))
+    }
+
+    fn aggregate(&self, id: &NodeId) -> Result<&ActorRef<AggregateMsg>, FleetError> {
+        let h = self.handle(id)?;
+        match &h.actor {
+            ChildRef::Aggregate(a) => Ok(a),
+            ChildRef::Der(_) => Err(FleetError::NotAnAggregate(id.clone(), h.kind.as_str())),
+        }
+    }
+
+    /// Splits `order` from its target down to every DER and waits for the
+    /// whole tree to answer.
+    pub async fn dispatch(&self, order: Arc<DispatchOrder>) -> Result<DispatchOutcome, FleetError> {
+        let target = order.target.clone();
+        let a = self.aggregate(&target)?;
+        let span = tracing::info_span!("dispatch", order = %order.id, target = %target, power_w = order.power_w);
+        let _g = span.enter();
+        let deadline = Instant::now() + self.timeout();
+        let share = DispatchShare {
+            share_w: order.power_w,
+            order,
+            deadline,
+        };
+        let r = a
+            .call(
+                |rp| AggregateMsg::Dispatch(share, rp),
+                Some(self.timeout() + Duration::from_secs(1)),
+            )
+            .await;
+        answer(&target, r)
+    }
+
+    /// Withdraws an order from its target and every node below.
+    pub async fn cancel(&self, order: &DispatchOrder) -> Result<(), FleetError> {
+        let a = self.aggregate(&order.target)?;
+        let id = order.id.clone();
+        let r = a
+            .call(
+                |rp| AggregateMsg::Cancel(id, Some(rp)),
+                Some(self.timeout()),
+            )
+            .await;
+        answer(&order.target, r)
+    }
+
+    /// What `node` holds for an order (aggregates only).
+    pub async fn allocation(
+        &self,
+        dispatch: &DispatchId,
+        node: &NodeId,
+    ) -> Result<Option<NodeAllocation>, FleetError> {
+        let a = self.aggregate(node)?;
+        let d = dispatch.clone();
+        let r = a
+            .call(|rp| AggregateMsg::Allocation(d, rp), Some(self.timeout()))
+            .await;
+        answer(node, r)
+    }
+
+    /// Stops every actor and waits for the tree to be gone.
+    pub async fn stop(&self) {
+        self.inner.ctx.begin_shutdown();
+        let _ = self
+            .inner
+            .supervisor
+            .stop_and_wait(None, Some(Duration::from_secs(60)))
+            .await;
+        let _ = &self.inner.root;
+    }
+}
+
+fn answer<T, M>(
+    id: &NodeId,
+    r: Result<ractor::rpc::CallResult<T>, ractor::MessagingErr<M>>,
+) -> Result<T, FleetError> {
+    settle(r).map_err(|e| FleetError::Unavailable(id.clone(), e))
+}
+
+/// Reads everything a cold start needs (blocking; run off the async workers).
+fn load_snapshot(store: &vpp_store::Store) -> Result<Snapshot, FleetError> {
+    let hierarchy = store.load_hierarchy()?;
+    let topology = hierarchy.validate().map_err(FleetError::Invalid)?;
+    let states = store.load_der_states()?;
+    let setpoints = store.load_setpoints()?;
+    let now = now_ms();
+    let mut allocations: HashMap<NodeId, Vec<(Arc<DispatchOrder>, NodeAllocation)>> =
+        HashMap::new();
+    for rec in store.list_dispatches(usize::MAX)? {
+        if rec.status == DispatchStatus::Cancelled || rec.order.end_ms() <= now {
+            continue;
+        }
+        let order = Arc::new(rec.order);
+        for a in store.allocations_of(&order.id)? {
+            allocations
+                .entry(a.node.clone())
+                .or_default()
+                .push((order.clone(), a));
+        }
+    }
+    Ok(Snapshot {
+        hierarchy,
+        topology,
+        states,
+        setpoints,
+        allocations,
+    })
+}

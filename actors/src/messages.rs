@@ -1,0 +1,146 @@
+//! The messages actors exchange and the views they answer with.
+
+use std::sync::Arc;
+
+use ractor::{ActorRef, RpcReplyPort};
+use serde::Serialize;
+use tokio::time::Instant;
+use vpp_domain::{
+    DerState, DispatchId, DispatchOrder, FlexEnvelope, NodeAllocation, NodeId, NodeKind, NodeSpec,
+    Setpoint, Strategy,
+};
+
+/// A handle on a child of an aggregate: a DER, or another aggregate.
+#[derive(Clone)]
+pub(crate) enum ChildRef {
+    Der(ActorRef<DerMsg>),
+    Aggregate(ActorRef<AggregateMsg>),
+}
+
+impl ChildRef {
+    pub(crate) fn cell(&self) -> ractor::ActorCell {
+        match self {
+            ChildRef::Der(a) => a.get_cell(),
+            ChildRef::Aggregate(a) => a.get_cell(),
+        }
+    }
+}
+
+/// A share of an order sent to a child. `share_w` is the child's *total*
+/// share of the order, not an increment: sending the same share twice is a
+/// no-op, and a larger share tops the child up. That keeps retries safe.
+pub(crate) struct DispatchShare {
+    pub(crate) order: Arc<DispatchOrder>,
+    pub(crate) share_w: u64,
+    /// Answer by then; the receiver gives its own children less.
+    pub(crate) deadline: Instant,
+}
+
+/// What a node answers to a dispatch share (for its whole subtree).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DispatchOutcome {
+    /// Of the share, how much the subtree took, W.
+    pub accepted_w: u64,
+    /// DERs under the node holding a setpoint for the order.
+    pub ders: u64,
+    /// Re-split rounds in the subtree.
+    pub resplits: u64,
+    /// Why not all of the share was taken, when it was not.
+    pub reason: Option<String>,
+}
+
+/// Why a DER state update was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+pub enum StateRejected {
+    /// Sequence number not newer than the one already applied.
+    #[error("sequence number {got} is not newer than {have}")]
+    Stale {
+        /// What came in.
+        got: u64,
+        /// What is applied.
+        have: u64,
+    },
+}
+
+/// Messages to a DER actor.
+pub(crate) enum DerMsg {
+    SetState(DerState, Option<RpcReplyPort<Result<(), StateRejected>>>),
+    View(RpcReplyPort<NodeView>),
+    Refresh(RpcReplyPort<FlexEnvelope>),
+    Dispatch(DispatchShare, RpcReplyPort<DispatchOutcome>),
+    Cancel(DispatchId, Option<RpcReplyPort<()>>),
+}
+
+/// Messages to a site or virtual-DER actor.
+pub(crate) enum AggregateMsg {
+    /// A child's new envelope (index in the parent's child table).
+    ChildReport {
+        idx: u32,
+        env: Box<FlexEnvelope>,
+    },
+    /// Time to report upward what has accumulated.
+    Flush,
+    /// The children's handles, in the order of the spawn arguments.
+    Attach(Vec<ChildRef>),
+    View(RpcReplyPort<NodeView>),
+    Refresh(RpcReplyPort<FlexEnvelope>),
+    Dispatch(DispatchShare, RpcReplyPort<DispatchOutcome>),
+    Cancel(DispatchId, Option<RpcReplyPort<()>>),
+    /// Which allocation this node holds for an order.
+    Allocation(DispatchId, RpcReplyPort<Option<NodeAllocation>>),
+}
+
+/// One child as seen from its parent.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChildView {
+    /// The child.
+    pub id: NodeId,
+    /// What it reported last.
+    pub envelope: FlexEnvelope,
+    /// Committed to active orders, up / down, W.
+    pub committed_up_w: u64,
+    /// See `committed_up_w`.
+    pub committed_down_w: u64,
+    /// The child actor stopped or panicked and has not come back.
+    pub failed: bool,
+}
+
+/// What any node says about itself: "what can you do now".
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    /// The node.
+    pub id: NodeId,
+    /// What it is.
+    pub kind: NodeKind,
+    /// Its definition in the hierarchy.
+    pub spec: NodeSpec,
+    /// Its envelope (the sum of its children's for aggregates).
+    pub envelope: FlexEnvelope,
+    /// Capacity already promised to active orders, up, W.
+    pub committed_up_w: u64,
+    /// Capacity already promised to active orders, down, W.
+    pub committed_down_w: u64,
+    /// Split strategy (aggregates).
+    pub strategy: Option<Strategy>,
+    /// Children (aggregates).
+    pub children: Vec<ChildView>,
+    /// Last known state (DERs).
+    pub state: Option<DerState>,
+    /// Active setpoints (DERs).
+    pub setpoints: Vec<Setpoint>,
+    /// Orders this node holds an allocation for.
+    pub active_dispatches: Vec<DispatchId>,
+}
+
+/// Collapses the layers of a ractor call result into one error string.
+pub(crate) fn settle<T, M>(
+    r: Result<ractor::rpc::CallResult<T>, ractor::MessagingErr<M>>,
+) -> Result<T, String> {
+    use ractor::rpc::CallResult;
+    match r {
+        Ok(CallResult::Success(v)) => Ok(v),
+        Ok(CallResult::Timeout) => Err("no answer in time".into()),
+        Ok(CallResult::SenderError) => Err("actor stopped while answering".into()),
+        Err(e) => Err(format!("actor unreachable: {e}")),
+    }
+}

@@ -1,0 +1,92 @@
+//! Counters of the live hierarchy. Plain atomics, read by the runtime's
+//! `/metrics` route.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters shared by every actor of a fleet.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Envelope reports sent from a child to its parent.
+    pub reports_sent: AtomicU64,
+    /// Child reports folded into a pending flush instead of being forwarded.
+    pub reports_coalesced: AtomicU64,
+    /// DER state updates applied.
+    pub states_applied: AtomicU64,
+    /// DER state updates rejected (older sequence number).
+    pub states_rejected_stale: AtomicU64,
+    /// Dispatch shares placed on a node (one per node per order per round).
+    pub dispatch_shares: AtomicU64,
+    /// Shares a child refused in whole or part.
+    pub dispatch_refusals: AtomicU64,
+    /// Children that failed or did not answer a dispatch in time.
+    pub dispatch_child_failures: AtomicU64,
+    /// Re-split rounds after refusals.
+    pub resplits: AtomicU64,
+    /// Child actors that stopped or panicked.
+    pub actor_failures: AtomicU64,
+    /// DER actors restarted after a failure.
+    pub actor_restarts: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(name, help, value)` for every counter, for exposition.
+    pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            (
+                "vpp_rollup_reports_sent_total",
+                "envelope reports sent from a child to its parent",
+                g(&self.reports_sent),
+            ),
+            (
+                "vpp_rollup_reports_coalesced_total",
+                "child reports folded into a pending flush",
+                g(&self.reports_coalesced),
+            ),
+            (
+                "vpp_der_states_applied_total",
+                "DER state updates applied",
+                g(&self.states_applied),
+            ),
+            (
+                "vpp_der_states_rejected_total",
+                "DER state updates rejected as stale",
+                g(&self.states_rejected_stale),
+            ),
+            (
+                "vpp_dispatch_shares_total",
+                "dispatch shares placed on a node",
+                g(&self.dispatch_shares),
+            ),
+            (
+                "vpp_dispatch_refusals_total",
+                "dispatch shares refused in whole or part",
+                g(&self.dispatch_refusals),
+            ),
+            (
+                "vpp_dispatch_child_failures_total",
+                "children that failed or timed out during a dispatch",
+                g(&self.dispatch_child_failures),
+            ),
+            (
+                "vpp_dispatch_resplits_total",
+                "re-split rounds after refusals",
+                g(&self.resplits),
+            ),
+            (
+                "vpp_actor_failures_total",
+                "child actors that stopped or panicked",
+                g(&self.actor_failures),
+            ),
+            (
+                "vpp_actor_restarts_total",
+                "DER actors restarted after a failure",
+                g(&self.actor_restarts),
+            ),
+        ]
+    }
+}

@@ -1,0 +1,343 @@
+//! A five-level hierarchy of real actors (root → region → district → site →
+//! DER): roll-up reaches the root, a dispatch reaches every leaf with the
+//! split the pure math predicts, a refusing child's share is re-split, and
+//! cancel withdraws every setpoint.
+//!
+//! Run: `cargo test -p vpp-actors --test five_levels`
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vpp_actors::{Fleet, FleetConfig, Metrics, NullJournal};
+use vpp_domain::split::{split, Candidate};
+use vpp_domain::{
+    DerKind, DerRating, DerSpec, DerState, Direction, DispatchId, DispatchOrder, Hierarchy,
+    Location, NodeId, Segment, SiteSpec, Strategy, VirtualDerSpec,
+};
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+/// 2 regions × 2 districts × 3 sites × 3 curtailable loads. Load `k` at a
+/// site draws a different power so pro-rata shares are uneven.
+fn hierarchy(strategy: Strategy) -> Hierarchy {
+    let mut h = Hierarchy::default();
+    h.virtual_ders.push(VirtualDerSpec {
+        id: id("root"),
+        name: "root".into(),
+        parent: None,
+        strategy,
+    });
+    for r in 0..2 {
+        let region = format!("r{r}");
+        h.virtual_ders.push(VirtualDerSpec {
+            id: id(&region),
+            name: region.clone(),
+            parent: Some(id("root")),
+            strategy,
+        });
+        for d in 0..2 {
+            let district = format!("{region}d{d}");
+            h.virtual_ders.push(VirtualDerSpec {
+                id: id(&district),
+                name: district.clone(),
+                parent: Some(id(&region)),
+                strategy,
+            });
+            for s in 0..3 {
+                let site = format!("{district}s{s}");
+                h.sites.push(SiteSpec {
+                    id: id(&site),
+                    name: site.clone(),
+                    parent: id(&district),
+                    location: Location {
+                        lat: 50.0,
+                        lon: 5.0,
+                        zone: format!("z{r}"),
+                        feeder: format!("f{d}"),
+                    },
+                    segment: Segment::Commercial,
+                    owner: "owner".into(),
+                    strategy,
+                });
+                for k in 0..3u64 {
+                    let mut rating =
+                        DerRating::new(DerKind::CurtailableLoad, 10_000 + 1_000 * k, 0);
+                    rating.cost_micros_per_kwh = 100_000 * (k + 1) + 10_000 * s;
+                    h.ders.push(DerSpec {
+                        id: id(&format!("{site}l{k}")),
+                        name: String::new(),
+                        site: id(&site),
+                        rating,
+                    });
+                }
+            }
+        }
+    }
+    h
+}
+
+fn config(rollup: Duration) -> FleetConfig {
+    FleetConfig {
+        rollup_interval: rollup,
+        dispatch_timeout: Duration::from_secs(20),
+        ..FleetConfig::default()
+    }
+}
+
+async fn start(h: Hierarchy, rollup: Duration) -> Fleet {
+    Fleet::start(
+        h,
+        config(rollup),
+        Arc::new(NullJournal),
+        Arc::new(Metrics::default()),
+    )
+    .await
+    .expect("fleet starts")
+}
+
+fn order(id_: &str, target: &str, power_w: u64) -> Arc<DispatchOrder> {
+    Arc::new(DispatchOrder {
+        id: DispatchId::new(id_).unwrap(),
+        target: id(target),
+        direction: Direction::Up,
+        power_w,
+        start_ms: vpp_actors::now_ms(),
+        duration_s: 3600,
+        ramp_w_per_min: None,
+        created_ms: vpp_actors::now_ms(),
+    })
+}
+
+/// Polls `f` until it returns `Some`, failing after `secs`.
+async fn eventually<T, F, Fut>(secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The split the pure math predicts for `power_w` at `node`, down to DERs.
+fn expected(
+    h: &Hierarchy,
+    fleet_avail: &HashMap<NodeId, u64>,
+    node: &NodeId,
+    power_w: u64,
+    out: &mut HashMap<NodeId, u64>,
+) {
+    let topo = h.validate().unwrap();
+    let kids = topo.children_of(node);
+    if kids.is_empty() {
+        out.insert(node.clone(), power_w);
+        return;
+    }
+    let cands: Vec<Candidate> = kids
+        .iter()
+        .map(|k| Candidate {
+            available_w: fleet_avail[k],
+            cost: 0,
+            last_dispatched_ms: None,
+        })
+        .collect();
+    let s = split(power_w, &cands, Strategy::ProRata);
+    for (k, w) in kids.iter().zip(s.allocations) {
+        if w > 0 {
+            expected(h, fleet_avail, k, w, out);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaf_change_reaches_the_root() {
+    let h = hierarchy(Strategy::ProRata);
+    let fleet = start(h.clone(), Duration::from_millis(10)).await;
+    let root = id("root");
+    let before = fleet
+        .view(&root)
+        .await
+        .unwrap()
+        .envelope
+        .available_w(Direction::Up);
+    // 36 loads at 70 % of 10, 11, 12 kW (DerState::nominal).
+    assert_eq!(before, 12 * (7_000 + 7_700 + 8_400));
+
+    let leaf = id("r1d1s2l2");
+    let mut st = DerState::nominal(&DerRating::new(DerKind::CurtailableLoad, 12_000, 0));
+    st.power_w = 1_000;
+    st.seq = 1;
+    fleet.set_state(&leaf, st.clone()).await.unwrap();
+    let after = eventually(5, || {
+        let f = fleet.clone();
+        let root = root.clone();
+        async move {
+            let v = f
+                .view(&root)
+                .await
+                .unwrap()
+                .envelope
+                .available_w(Direction::Up);
+            (v != before).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(after, before - 8_400 + 1_000);
+    // A stale update (same sequence number) is refused and changes nothing.
+    assert!(fleet.set_state(&leaf, st).await.is_err());
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_reaches_every_leaf_with_the_expected_split() {
+    let h = hierarchy(Strategy::ProRata);
+    let fleet = start(h.clone(), Duration::from_millis(10)).await;
+    let topo = h.validate().unwrap();
+    let mut avail = HashMap::new();
+    for n in topo.kinds.keys() {
+        let v = fleet.view(n).await.unwrap();
+        avail.insert(n.clone(), v.envelope.available_w(Direction::Up));
+    }
+    let total = avail[&id("root")];
+    let power = total / 3 + 7; // an awkward number, to exercise remainders
+    let out = fleet.dispatch(order("o1", "root", power)).await.unwrap();
+    assert_eq!(out.accepted_w, power);
+    assert_eq!(out.reason, None);
+    assert_eq!(out.ders, 36);
+
+    let mut want = HashMap::new();
+    expected(&h, &avail, &id("root"), power, &mut want);
+    let mut sum = 0;
+    for d in &h.ders {
+        let v = fleet.view(&d.id).await.unwrap();
+        let got: u64 = v.setpoints.iter().map(|s| s.power_w).sum();
+        assert_eq!(got, want.get(&d.id).copied().unwrap_or(0), "der {}", d.id);
+        sum += got;
+        if let Some(sp) = v.setpoints.first() {
+            let st = v.state.unwrap();
+            assert_eq!(sp.target_power_w, st.power_w - sp.power_w as i64);
+        }
+    }
+    assert_eq!(sum, power);
+    // Every level records its allocation.
+    let a = fleet
+        .allocation(&DispatchId::new("o1").unwrap(), &id("r0"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.allocated_w, a.requested_w);
+    assert_eq!(a.children.len(), 2);
+
+    // A second order only gets what the first left uncommitted.
+    let out2 = fleet.dispatch(order("o2", "root", total)).await.unwrap();
+    assert_eq!(out2.accepted_w, total - power);
+    assert!(out2.reason.is_some());
+
+    // Cancel withdraws every setpoint of the order.
+    fleet.cancel(&order("o1", "root", power)).await.unwrap();
+    for d in &h.ders {
+        let v = fleet.view(&d.id).await.unwrap();
+        assert!(v.setpoints.iter().all(|s| s.dispatch.as_str() == "o2"));
+    }
+    let root = fleet.view(&id("root")).await.unwrap();
+    assert_eq!(root.committed_up_w, total - power);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_childs_share_is_resplit() {
+    let h = hierarchy(Strategy::ProRata);
+    // Roll-up so slow that the district never hears that a site went dark:
+    // the district will give it a share, the site will refuse it.
+    let fleet = start(h.clone(), Duration::from_secs(3600)).await;
+    let dark = "r0d0s1";
+    for k in 0..3u64 {
+        let mut st = DerState::nominal(&DerRating::new(DerKind::CurtailableLoad, 10_000, 0));
+        st.online = false;
+        st.seq = 1;
+        fleet
+            .set_state(&id(&format!("{dark}l{k}")), st)
+            .await
+            .unwrap();
+    }
+    let district_view = fleet.view(&id("r0d0")).await.unwrap();
+    let believed: u64 = district_view.envelope.available_w(Direction::Up);
+    // Half of what the district believes it has: pro rata gives each of the
+    // three sites a sixth of `believed`; the dark one refuses, and the two live
+    // ones have exactly that much room left, so everything is still placed.
+    let power = believed / 2;
+    let out = fleet
+        .dispatch(order("o-refuse", "r0d0", power))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.accepted_w, power,
+        "the dark site's share went to the others"
+    );
+    assert!(out.resplits >= 1);
+
+    let a = fleet
+        .allocation(&DispatchId::new("o-refuse").unwrap(), &id("r0d0"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.refusals.len(), 1);
+    assert_eq!(a.refusals[0].child, id(dark));
+    assert!(a.refusals[0].refused_w > 0);
+    assert!(a.resplits >= 1);
+    assert!(a.children.iter().all(|(c, _)| c.as_str() != dark));
+    assert_eq!(a.children.iter().map(|(_, w)| w).sum::<u64>(), power);
+    for k in 0..3 {
+        let v = fleet.view(&id(&format!("{dark}l{k}"))).await.unwrap();
+        assert!(v.setpoints.is_empty());
+    }
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merit_order_uses_cheapest_sites_first() {
+    let h = hierarchy(Strategy::MeritOrder);
+    let fleet = start(h.clone(), Duration::from_millis(10)).await;
+    // Site s0 of each district is cheapest (cost grows with the site index).
+    let d = fleet.view(&id("r1d0")).await.unwrap();
+    let s0 = d.children[0].envelope.available_w(Direction::Up);
+    fleet.dispatch(order("m1", "r1d0", s0)).await.unwrap();
+    let a = fleet
+        .allocation(&DispatchId::new("m1").unwrap(), &id("r1d0"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.children, vec![(id("r1d0s0"), s0)]);
+    // And at the site, the cheapest load first.
+    let site = fleet
+        .allocation(&DispatchId::new("m1").unwrap(), &id("r1d0s0"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(site.children.len(), 3);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_to_ders_or_unknown_nodes_are_rejected() {
+    let fleet = start(hierarchy(Strategy::ProRata), Duration::from_millis(10)).await;
+    let e = fleet
+        .dispatch(order("x", "r0d0s0l0", 10))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("is a der"), "{e}");
+    let e = fleet.dispatch(order("x", "nope", 10)).await.unwrap_err();
+    assert!(e.to_string().contains("no node nope"), "{e}");
+    fleet.stop().await;
+}
