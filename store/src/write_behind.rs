@@ -1,0 +1,433 @@
+//! Write-behind: coalesce frequent per-DER writes and apply them in batches.
+//!
+//! Telemetry updates the state of every DER every few seconds; writing each
+//! one to sled as it comes would cost a tree write per message. Writers queue
+//! records instead; one thread keeps only the latest record per key and
+//! applies what it holds as sled batches (of at most 1000 keys) every
+//! `interval`, or sooner when `max_pending` keys wait.
+//!
+//! ```text
+//!   actors ── queue_der_state ──┐
+//!   actors ── queue_setpoints ──┼─► unbounded mpsc ─► write-behind thread
+//!   actors ── queue_allocation ─┘         │           ┌─────────────────────┐
+//!                                         │           │ HashMap per tree    │
+//!   flush_then(done) ─────────────────────┘           │ (latest wins)       │
+//!     (same channel, so it is behind                  └──────────┬──────────┘
+//!      every record queued before it)       every interval, or   │
+//!                                           > max_pending keys   ▼
+//!                                             sled batches: der_state,
+//!                                             setpoints, allocations
+//!                                    on flush request: batches + db.flush(),
+//!                                    then done(result)
+//! ```
+//!
+//! Queueing never blocks and never fails: the channel is unbounded (memory is
+//! bounded by the number of distinct keys once the thread coalesces), and a
+//! record sent after the thread stopped is counted in
+//! [`WriteBehindStats::dropped`] and logged once. If sled fails to apply a
+//! batch, the records stay pending (still coalesced) and are retried one
+//! `interval` later; the error is counted and returned to flush requests.
+//!
+//! Waiting for durability from async code: [`WriteBehindHandle::flush_then`]
+//! takes a callback that runs on the write-behind thread, so an async caller
+//! passes the sending half of a oneshot channel and awaits the other half,
+//! without blocking a runtime worker:
+//!
+//! ```text
+//!   let (tx, rx) = tokio::sync::oneshot::channel();
+//!   handle.flush_then(move |result| { let _ = tx.send(result); });
+//!   rx.await??;   // everything queued before flush_then is now durable
+//! ```
+//!
+//! Synchronous callers use [`WriteBehindHandle::flush_blocking`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SendError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vpp_domain::{DerState, DispatchId, NodeAllocation, NodeId, Setpoint};
+
+use crate::der_state::{der_state_batch, setpoints_batch};
+use crate::error::StoreError;
+use crate::journal::allocations_batch;
+use crate::store::{Store, MAX_BATCH};
+
+/// How the write-behind thread batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteBehindOptions {
+    /// Longest a queued record waits before it is applied to sled (it is
+    /// durable one `flush_every_ms` later). Longer means more coalescing of
+    /// chatty DERs, and more to lose in a crash.
+    pub interval: Duration,
+    /// Apply at once when this many distinct keys are pending, so a burst
+    /// (a fleet reconnecting) does not pile up for a whole interval.
+    pub max_pending: usize,
+}
+
+impl Default for WriteBehindOptions {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(200),
+            max_pending: 50_000,
+        }
+    }
+}
+
+/// What a flush request is told when everything before it is durable, or
+/// why it is not. Runs on the write-behind thread: keep it short.
+type FlushDone = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// Counters of a write-behind thread, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteBehindStats {
+    /// Records applied to sled (after coalescing).
+    pub records_written: u64,
+    /// sled batches applied.
+    pub batches_applied: u64,
+    /// Batches or flushes that sled refused (the records were kept).
+    pub apply_errors: u64,
+    /// Flush requests completed successfully.
+    pub flushes: u64,
+    /// Records queued after the thread had stopped, and so never written.
+    pub dropped: u64,
+    /// Keys waiting to be applied when last looked at.
+    pub pending: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    records_written: AtomicU64,
+    batches_applied: AtomicU64,
+    apply_errors: AtomicU64,
+    flushes: AtomicU64,
+    dropped: AtomicU64,
+    pending: AtomicU64,
+    warned_stopped: AtomicBool,
+}
+
+enum Msg {
+    DerState(NodeId, DerState),
+    Setpoints(NodeId, Vec<Setpoint>),
+    Allocation(NodeAllocation),
+    Flush(FlushDone),
+    Shutdown(FlushDone),
+}
+
+/// The write-behind thread. Dropping it (or [`WriteBehind::shutdown`])
+/// applies and flushes everything queued before, then stops the thread.
+pub struct WriteBehind {
+    handle: WriteBehindHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A cheap, cloneable way to queue writes to a [`WriteBehind`] thread.
+#[derive(Clone)]
+pub struct WriteBehindHandle {
+    tx: Sender<Msg>,
+    counters: Arc<Counters>,
+}
+
+impl WriteBehind {
+    /// Starts the thread; it writes through its own clone of `store`.
+    pub fn start(store: Store, options: WriteBehindOptions) -> Result<WriteBehind, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let thread_counters = Arc::clone(&counters);
+        let thread = std::thread::Builder::new()
+            .name("vpp-store-write-behind".into())
+            .spawn(move || run(&store, &rx, options, &thread_counters))
+            .map_err(StoreError::Thread)?;
+        Ok(WriteBehind {
+            handle: WriteBehindHandle { tx, counters },
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle to queue writes with.
+    pub fn handle(&self) -> WriteBehindHandle {
+        self.handle.clone()
+    }
+
+    /// The thread's counters.
+    pub fn stats(&self) -> WriteBehindStats {
+        self.handle.stats()
+    }
+
+    /// Applies and flushes everything queued so far, then stops the thread.
+    /// Records queued through other handles afterwards are dropped (and
+    /// counted).
+    pub fn shutdown(mut self) -> Result<(), StoreError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), StoreError> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.handle.send(Msg::Shutdown(Box::new(move |r| {
+            let _ = tx.send(r);
+        })));
+        let result = rx.recv().unwrap_or(Err(StoreError::WriteBehindStopped));
+        if thread.join().is_err() {
+            tracing::error!("write-behind thread panicked");
+        }
+        result
+    }
+}
+
+impl Drop for WriteBehind {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop() {
+            tracing::error!(%error, "write-behind: final flush failed");
+        }
+    }
+}
+
+impl std::fmt::Debug for WriteBehind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteBehind")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriteBehindHandle {
+    /// Queues the state of one DER (replaces any queued state of that DER).
+    pub fn queue_der_state(&self, id: NodeId, state: DerState) {
+        self.send(Msg::DerState(id, state));
+    }
+
+    /// Queues the active setpoints of one DER; an empty list deletes them.
+    pub fn queue_setpoints(&self, id: NodeId, setpoints: Vec<Setpoint>) {
+        self.send(Msg::Setpoints(id, setpoints));
+    }
+
+    /// Queues one node's allocation of one order.
+    pub fn queue_allocation(&self, allocation: NodeAllocation) {
+        self.send(Msg::Allocation(allocation));
+    }
+
+    /// Asks the thread to apply everything queued before this call and flush
+    /// it to disk, then calls `done` on the write-behind thread with the
+    /// outcome (`Ok` ⇒ all of it is durable). If the thread has stopped,
+    /// `done` is called at once with [`StoreError::WriteBehindStopped`].
+    pub fn flush_then(&self, done: impl FnOnce(Result<(), StoreError>) + Send + 'static) {
+        self.send(Msg::Flush(Box::new(done)));
+    }
+
+    /// [`WriteBehindHandle::flush_then`], waiting for the outcome. Blocks for
+    /// an fsync: do not call it on an async runtime worker.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.flush_then(move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or(Err(StoreError::WriteBehindStopped))
+    }
+
+    /// The thread's counters.
+    pub fn stats(&self) -> WriteBehindStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WriteBehindStats {
+            records_written: get(&c.records_written),
+            batches_applied: get(&c.batches_applied),
+            apply_errors: get(&c.apply_errors),
+            flushes: get(&c.flushes),
+            dropped: get(&c.dropped),
+            pending: get(&c.pending),
+        }
+    }
+
+    fn send(&self, msg: Msg) {
+        let Err(SendError(msg)) = self.tx.send(msg) else {
+            return;
+        };
+        match msg {
+            Msg::Flush(done) | Msg::Shutdown(done) => done(Err(StoreError::WriteBehindStopped)),
+            Msg::DerState(..) | Msg::Setpoints(..) | Msg::Allocation(_) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                if !self.counters.warned_stopped.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("write-behind thread has stopped; dropping queued writes");
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for WriteBehindHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteBehindHandle")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Records waiting to be applied, latest per key.
+#[derive(Default)]
+struct Pending {
+    der_states: HashMap<NodeId, DerState>,
+    setpoints: HashMap<NodeId, Vec<Setpoint>>,
+    allocations: HashMap<(DispatchId, NodeId), NodeAllocation>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.der_states.len() + self.setpoints.len() + self.allocations.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn add(&mut self, msg: Msg) {
+        match msg {
+            Msg::DerState(id, s) => {
+                self.der_states.insert(id, s);
+            }
+            Msg::Setpoints(id, s) => {
+                self.setpoints.insert(id, s);
+            }
+            Msg::Allocation(a) => {
+                self.allocations
+                    .insert((a.dispatch.clone(), a.node.clone()), a);
+            }
+            Msg::Flush(_) | Msg::Shutdown(_) => {}
+        }
+    }
+
+    /// Applies everything pending, in sled batches of at most `MAX_BATCH`
+    /// keys; a tree's records are forgotten only once all its batches are
+    /// applied. Updates the `pending` gauge before returning, so a flush
+    /// callback never sees a stale one.
+    fn apply(&mut self, store: &Store, counters: &Counters) -> Result<(), StoreError> {
+        let result = self.apply_trees(store, counters);
+        counters.pending.store(self.len() as u64, Ordering::Relaxed);
+        result
+    }
+
+    fn apply_trees(&mut self, store: &Store, counters: &Counters) -> Result<(), StoreError> {
+        let trees = &store.inner;
+        let applied = |n: usize| {
+            counters.batches_applied.fetch_add(1, Ordering::Relaxed);
+            counters
+                .records_written
+                .fetch_add(n as u64, Ordering::Relaxed);
+        };
+        // Batches of at most MAX_BATCH keys; re-applying part of a tree's
+        // records after a failure is harmless (same values).
+        let states: Vec<_> = self.der_states.iter().collect();
+        for chunk in states.chunks(MAX_BATCH) {
+            let batch = der_state_batch(chunk.iter().copied())?;
+            trees.der_state.apply_batch(batch)?;
+            applied(chunk.len());
+        }
+        self.der_states.clear();
+        let setpoints: Vec<_> = self
+            .setpoints
+            .iter()
+            .map(|(id, s)| (id, s.as_slice()))
+            .collect();
+        for chunk in setpoints.chunks(MAX_BATCH) {
+            trees
+                .setpoints
+                .apply_batch(setpoints_batch(chunk.iter().copied())?)?;
+            applied(chunk.len());
+        }
+        self.setpoints.clear();
+        let allocations: Vec<_> = self.allocations.values().collect();
+        for chunk in allocations.chunks(MAX_BATCH) {
+            trees
+                .allocations
+                .apply_batch(allocations_batch(chunk.iter().copied())?)?;
+            applied(chunk.len());
+        }
+        self.allocations.clear();
+        Ok(())
+    }
+
+    fn apply_and_flush(&mut self, store: &Store, counters: &Counters) -> Result<(), StoreError> {
+        let result = self.apply(store, counters).and_then(|()| store.flush());
+        match result {
+            Ok(_) => {
+                counters.flushes.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                counters.apply_errors.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn run(store: &Store, rx: &Receiver<Msg>, options: WriteBehindOptions, counters: &Counters) {
+    let mut pending = Pending::default();
+    // When the oldest unapplied record must be applied.
+    let mut due: Option<Instant> = None;
+    // After a failed apply, when to try again (a burst must not retry on
+    // every message).
+    let mut retry_at = Instant::now();
+    loop {
+        let msg = match due {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(due) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+        };
+        match msg {
+            Ok(Msg::Flush(done)) => done(pending.apply_and_flush(store, counters)),
+            Ok(Msg::Shutdown(done)) => {
+                let mut waiting = Vec::new();
+                while let Ok(msg) = rx.try_recv() {
+                    match msg {
+                        Msg::Flush(d) | Msg::Shutdown(d) => waiting.push(d),
+                        other => pending.add(other),
+                    }
+                }
+                let result = pending.apply_and_flush(store, counters);
+                for d in waiting {
+                    d(match &result {
+                        Ok(()) => Ok(()),
+                        Err(_) => Err(StoreError::WriteBehindStopped),
+                    });
+                }
+                done(result);
+                return;
+            }
+            Ok(other) => pending.add(other),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Err(error) = pending.apply_and_flush(store, counters) {
+                    tracing::error!(%error, "write-behind: final flush failed");
+                }
+                return;
+            }
+        }
+        counters
+            .pending
+            .store(pending.len() as u64, Ordering::Relaxed);
+        if pending.is_empty() {
+            due = None;
+            continue;
+        }
+        let now = Instant::now();
+        let due_at = *due.get_or_insert(now + options.interval);
+        if now >= retry_at && (now >= due_at || pending.len() >= options.max_pending) {
+            match pending.apply(store, counters) {
+                Ok(()) => due = None,
+                Err(error) => {
+                    counters.apply_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, pending = pending.len(), "write-behind: apply failed, will retry");
+                    retry_at = now + options.interval;
+                    due = Some(retry_at);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

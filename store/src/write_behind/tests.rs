@@ -1,0 +1,143 @@
+use std::sync::mpsc;
+
+use super::*;
+use crate::test_support::{allocation, did, id, setpoint, state, temp_store};
+
+/// Polls `cond` until it holds or 5 s have passed.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn slow() -> WriteBehindOptions {
+    WriteBehindOptions {
+        interval: Duration::from_secs(3600),
+        max_pending: usize::MAX,
+    }
+}
+
+#[test]
+fn latest_record_per_key_wins_and_flush_applies_it() {
+    let (_dir, store) = temp_store();
+    let wb = WriteBehind::start(store.clone(), slow()).unwrap();
+    let h = wb.handle();
+    for seq in 0..100 {
+        h.queue_der_state(id("a"), state(seq));
+    }
+    h.queue_der_state(id("b"), state(1));
+    h.queue_setpoints(id("a"), vec![setpoint("d1")]);
+    h.queue_allocation(allocation("d1", "a", 10));
+    h.queue_allocation(allocation("d1", "a", 20));
+    h.flush_blocking().unwrap();
+    let states = store.load_der_states().unwrap();
+    assert_eq!(states[&id("a")], state(99));
+    assert_eq!(states.len(), 2);
+    assert_eq!(
+        store.load_setpoints().unwrap()[&id("a")],
+        vec![setpoint("d1")]
+    );
+    assert_eq!(
+        store.allocation(&did("d1"), &id("a")).unwrap(),
+        Some(allocation("d1", "a", 20))
+    );
+    let stats = wb.stats();
+    assert_eq!(stats.records_written, 4);
+    assert_eq!(stats.batches_applied, 3);
+    assert_eq!(stats.flushes, 1);
+    assert_eq!(stats.pending, 0);
+
+    h.queue_setpoints(id("a"), vec![]);
+    h.flush_blocking().unwrap();
+    assert!(store.load_setpoints().unwrap().is_empty());
+}
+
+#[test]
+fn records_are_applied_after_the_interval_without_a_flush() {
+    let (_dir, store) = temp_store();
+    let options = WriteBehindOptions {
+        interval: Duration::from_millis(20),
+        ..WriteBehindOptions::default()
+    };
+    let wb = WriteBehind::start(store.clone(), options).unwrap();
+    wb.handle().queue_der_state(id("a"), state(1));
+    eventually("the state to be applied", || {
+        store.load_der_states().unwrap().contains_key(&id("a"))
+    });
+    assert_eq!(wb.stats().flushes, 0);
+}
+
+#[test]
+fn records_are_applied_when_too_many_keys_wait() {
+    let (_dir, store) = temp_store();
+    let options = WriteBehindOptions {
+        max_pending: 10,
+        ..slow()
+    };
+    let wb = WriteBehind::start(store.clone(), options).unwrap();
+    let h = wb.handle();
+    for i in 0..10 {
+        h.queue_der_state(id(&format!("d{i}")), state(i));
+    }
+    eventually("the batch to be applied", || {
+        store.load_der_states().unwrap().len() == 10
+    });
+    assert_eq!(wb.stats().batches_applied, 1);
+}
+
+#[test]
+fn many_keys_are_applied_in_bounded_batches() {
+    let (_dir, store) = temp_store();
+    let wb = WriteBehind::start(store.clone(), slow()).unwrap();
+    let h = wb.handle();
+    for i in 0..2500 {
+        h.queue_der_state(id(&format!("d{i}")), state(i));
+    }
+    h.flush_blocking().unwrap();
+    assert_eq!(store.load_der_states().unwrap().len(), 2500);
+    let stats = wb.stats();
+    assert_eq!((stats.records_written, stats.batches_applied), (2500, 3));
+}
+
+#[test]
+fn flush_then_reports_on_the_callback() {
+    let (_dir, store) = temp_store();
+    let wb = WriteBehind::start(store.clone(), slow()).unwrap();
+    wb.handle().queue_der_state(id("a"), state(1));
+    let (tx, rx) = mpsc::channel();
+    wb.handle().flush_then(move |r| tx.send(r.is_ok()).unwrap());
+    assert!(rx.recv_timeout(Duration::from_secs(5)).unwrap());
+    assert_eq!(store.load_der_states().unwrap().len(), 1);
+}
+
+#[test]
+fn shutdown_and_drop_write_everything_queued_before() {
+    let (dir, store) = temp_store();
+    let wb = WriteBehind::start(store.clone(), slow()).unwrap();
+    wb.handle().queue_der_state(id("a"), state(1));
+    wb.shutdown().unwrap();
+    let wb = WriteBehind::start(store.clone(), slow()).unwrap();
+    wb.handle().queue_der_state(id("b"), state(2));
+    drop(wb);
+    drop(store);
+    let store = crate::Store::open(dir.path()).unwrap();
+    assert_eq!(store.load_der_states().unwrap().len(), 2);
+}
+
+#[test]
+fn a_stopped_thread_counts_dropped_records_and_refuses_flushes() {
+    let (_dir, store) = temp_store();
+    let wb = WriteBehind::start(store, slow()).unwrap();
+    let h = wb.handle();
+    wb.shutdown().unwrap();
+    h.queue_der_state(id("a"), state(1));
+    h.queue_setpoints(id("a"), vec![]);
+    h.queue_allocation(allocation("d1", "a", 1));
+    assert_eq!(h.stats().dropped, 3);
+    assert!(matches!(
+        h.flush_blocking(),
+        Err(StoreError::WriteBehindStopped)
+    ));
+}
