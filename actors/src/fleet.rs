@@ -309,7 +309,11 @@ impl Fleet {
         answer(node, r)
     }
 
-    /// Stops every actor and waits for the tree to be gone.
+    /// Stops every actor and waits until the last one is gone, so that
+    /// nothing of this fleet writes to the journal or holds the store after
+    /// this returns. (ractor stops a supervisor's descendants asynchronously;
+    /// every actor holds the fleet context, so its count says when they are
+    /// all dropped.)
     pub async fn stop(&self) {
         self.inner.ctx.begin_shutdown();
         let _ = self
@@ -317,6 +321,19 @@ impl Fleet {
             .supervisor
             .stop_and_wait(None, Some(Duration::from_secs(60)))
             .await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut wait = Duration::from_millis(1);
+        while Arc::strong_count(&self.inner.ctx) > 1 {
+            if Instant::now() > deadline {
+                tracing::warn!(
+                    left = Arc::strong_count(&self.inner.ctx) - 1,
+                    "actors still stopping after 120 s"
+                );
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(50));
+        }
         let _ = &self.inner.root;
     }
 }
@@ -333,14 +350,16 @@ fn load_snapshot(store: &vpp_store::Store) -> Result<Snapshot, FleetError> {
     let hierarchy = store.load_hierarchy()?;
     let topology = hierarchy.validate().map_err(FleetError::Invalid)?;
     let states = store.load_der_states()?;
-    let setpoints = store.load_setpoints()?;
+    let mut setpoints = store.load_setpoints()?;
     let now = now_ms();
     let mut allocations: HashMap<NodeId, Vec<(Arc<DispatchOrder>, NodeAllocation)>> =
         HashMap::new();
+    let mut active = std::collections::HashSet::new();
     for rec in store.list_dispatches(usize::MAX)? {
         if rec.status == DispatchStatus::Cancelled || rec.order.end_ms() <= now {
             continue;
         }
+        active.insert(rec.order.id.clone());
         let order = Arc::new(rec.order);
         for a in store.allocations_of(&order.id)? {
             allocations
@@ -349,6 +368,13 @@ fn load_snapshot(store: &vpp_store::Store) -> Result<Snapshot, FleetError> {
                 .push((order.clone(), a));
         }
     }
+    // A setpoint whose order was cancelled (or has ended) may still be on
+    // disk if the process died before the withdrawal was written behind:
+    // the journal is the authority.
+    for sps in setpoints.values_mut() {
+        sps.retain(|s| active.contains(&s.dispatch) && s.end_ms > now);
+    }
+    setpoints.retain(|_, sps| !sps.is_empty());
     Ok(Snapshot {
         hierarchy,
         topology,
