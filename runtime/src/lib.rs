@@ -1,1 +1,20 @@
-//! placeholder
+//! # vpp-runtime: the `vpp` node and CLI
+//!
+//! ```text
+//!   vpp (main.rs) ── cli.rs ──┬── serve.rs ── Node (node.rs) ── api.rs (axum)
+//!                             │                 ├── vpp_store::Store (sled)
+//!                             │                 └── vpp_actors::Fleet (ractor)
+//!                             └── commands on a running node: client.rs (HTTP)
+//!                                 or, when none runs, on the data dir directly
+//! ```
+//!
+//! The binary only parses arguments, sets up tracing and calls into here.
+
+#![deny(missing_docs, unreachable_pub, unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod node;
+pub mod serve;

@@ -1,0 +1,79 @@
+//! Health, metrics and the 404 for unknown routes.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{AppError, AppState};
+
+/// `GET /api/v1/health`
+pub(crate) async fn health(State(node): State<AppState>) -> Json<Value> {
+    let fleet = node.fleet().await.ok();
+    Json(json!({
+        "status": "ok",
+        "uptime_s": node.uptime_s(),
+        "hierarchy_loaded": fleet.is_some(),
+        "root": fleet.as_ref().map(|f| f.root().to_string()),
+        "nodes": fleet.as_ref().map(|f| f.len()).unwrap_or(0),
+        "splits_running": node.splits_running(),
+        "data_dir": node.config().data_dir.display().to_string(),
+    }))
+}
+
+/// `GET /metrics` (Prometheus text format).
+pub(crate) async fn metrics(State(node): State<AppState>) -> impl IntoResponse {
+    let mut out = String::new();
+    for (name, help, v) in node.metrics().snapshot() {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    let wb = node.write_behind_stats();
+    for (name, help, v) in [
+        (
+            "vpp_store_write_behind_records_total",
+            "records written behind (after coalescing)",
+            wb.records_written,
+        ),
+        (
+            "vpp_store_write_behind_batches_total",
+            "write-behind batches applied",
+            wb.batches_applied,
+        ),
+        (
+            "vpp_store_write_behind_errors_total",
+            "write-behind batches or flushes sled refused",
+            wb.apply_errors,
+        ),
+        (
+            "vpp_store_write_behind_dropped_total",
+            "records queued after the writer stopped",
+            wb.dropped,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    let _ = writeln!(out, "# HELP vpp_api_rejected_total requests rejected as bad input, by route and reason\n# TYPE vpp_api_rejected_total counter");
+    for ((route, reason), v) in node.rejections.snapshot() {
+        let _ = writeln!(
+            out,
+            "vpp_api_rejected_total{{route=\"{route}\",reason=\"{reason}\"}} {v}"
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// Any route that does not exist.
+pub(crate) async fn not_found(uri: axum::http::Uri) -> AppError {
+    AppError::not_found(format!(
+        "no route {uri}; see GET /api/v1/health and the README's API tour"
+    ))
+}

@@ -1,0 +1,271 @@
+//! Node configuration: a typed TOML file with every key defaulted.
+//!
+//! Parsed once at start-up into `deny_unknown_fields` structs and validated;
+//! an error names the key. The defaults live in `config/vpp.toml`, embedded in
+//! the binary and printed by `vpp config default`. Environment overrides come
+//! in as a map so tests never touch the process environment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The default configuration, as shipped.
+pub const DEFAULT_TOML: &str = include_str!("../config/vpp.toml");
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax or an unknown/mistyped key.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What toml said (names the key and position).
+        message: String,
+    },
+    /// A value out of range.
+    #[error("config key {key}: {message}")]
+    Invalid {
+        /// Dotted key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `[rollup]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RollupConfig {
+    /// See `config/vpp.toml`.
+    pub interval_ms: u64,
+}
+
+/// `[dispatch]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// See `config/vpp.toml`.
+    pub timeout_s: u64,
+    /// See `config/vpp.toml`.
+    pub max_resplits: u32,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// See `config/vpp.toml`.
+    pub cache_mb: u64,
+    /// See `config/vpp.toml`.
+    pub flush_every_ms: u64,
+    /// See `config/vpp.toml`.
+    pub write_behind_ms: u64,
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// See `config/vpp.toml`.
+    pub max_body_mb: u64,
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// HTTP API address.
+    pub listen: SocketAddr,
+    /// sled directory.
+    pub data_dir: PathBuf,
+    /// Roll-up tuning.
+    pub rollup: RollupConfig,
+    /// Dispatch tuning.
+    pub dispatch: DispatchConfig,
+    /// Store tuning.
+    pub store: StoreConfig,
+    /// API limits.
+    pub api: ApiConfig,
+}
+
+impl Default for RollupConfig {
+    fn default() -> Self {
+        Self { interval_ms: 100 }
+    }
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            timeout_s: 30,
+            max_resplits: 3,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            cache_mb: 256,
+            flush_every_ms: 500,
+            write_behind_ms: 200,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { max_body_mb: 256 }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            rollup: RollupConfig::default(),
+            dispatch: DispatchConfig::default(),
+            store: StoreConfig::default(),
+            api: ApiConfig::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Parses TOML text (`origin` names it in errors) and validates it.
+    pub fn parse(origin: &str, text: &str) -> Result<Self, ConfigError> {
+        let cfg: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    /// Applies `VPP_LISTEN` and `VPP_DATA_DIR` from `env`.
+    pub fn with_env(mut self, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        if let Some(v) = env.get("VPP_LISTEN") {
+            self.listen = v.parse().map_err(|e| ConfigError::Invalid {
+                key: "listen (VPP_LISTEN)",
+                message: format!("{v:?} is not an address like 127.0.0.1:8080: {e}"),
+            })?;
+        }
+        if let Some(v) = env.get("VPP_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if !(1..=60_000).contains(&self.rollup.interval_ms) {
+            return bad("rollup.interval_ms", "must be between 1 and 60000");
+        }
+        if !(1..=3600).contains(&self.dispatch.timeout_s) {
+            return bad("dispatch.timeout_s", "must be between 1 and 3600");
+        }
+        if self.dispatch.max_resplits > 100 {
+            return bad("dispatch.max_resplits", "must be at most 100");
+        }
+        if !(1..=1_000_000).contains(&self.store.cache_mb) {
+            return bad("store.cache_mb", "must be between 1 and 1000000");
+        }
+        if !(1..=60_000).contains(&self.store.flush_every_ms) {
+            return bad("store.flush_every_ms", "must be between 1 and 60000");
+        }
+        if !(1..=60_000).contains(&self.store.write_behind_ms) {
+            return bad("store.write_behind_ms", "must be between 1 and 60000");
+        }
+        if !(1..=4096).contains(&self.api.max_body_mb) {
+            return bad("api.max_body_mb", "must be between 1 and 4096");
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The actor-hierarchy tunables.
+    pub fn fleet(&self) -> vpp_actors::FleetConfig {
+        vpp_actors::FleetConfig {
+            rollup_interval: Duration::from_millis(self.rollup.interval_ms),
+            dispatch_timeout: Duration::from_secs(self.dispatch.timeout_s),
+            max_resplits: self.dispatch.max_resplits,
+            ..vpp_actors::FleetConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_default_parses_and_matches_code_defaults() {
+        let c = NodeConfig::parse("default", DEFAULT_TOML).unwrap();
+        let d = NodeConfig::default();
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.data_dir, d.data_dir);
+        assert_eq!(c.rollup.interval_ms, d.rollup.interval_ms);
+        assert_eq!(c.dispatch.timeout_s, d.dispatch.timeout_s);
+        assert_eq!(c.store.cache_mb, d.store.cache_mb);
+        assert_eq!(c.api.max_body_mb, d.api.max_body_mb);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = NodeConfig::parse("x.toml", "[rollup]\nintervl_ms = 5\n").unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("x.toml") && m.contains("intervl_ms"), "{m}");
+    }
+
+    #[test]
+    fn out_of_range_is_named() {
+        let e = NodeConfig::parse("x.toml", "[rollup]\ninterval_ms = 0\n").unwrap_err();
+        assert!(e.to_string().contains("rollup.interval_ms"), "{e}");
+        let e = NodeConfig::parse("x.toml", "listen = \"nowhere\"\n").unwrap_err();
+        assert!(e.to_string().contains("x.toml"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let env = HashMap::from([
+            ("VPP_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+            ("VPP_DATA_DIR".to_string(), "/tmp/x".to_string()),
+        ]);
+        let c = NodeConfig::default().with_env(&env).unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        let env = HashMap::from([("VPP_LISTEN".to_string(), "bad".to_string())]);
+        assert!(NodeConfig::default().with_env(&env).is_err());
+    }
+}

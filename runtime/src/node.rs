@@ -1,0 +1,518 @@
+//! The node: store + live fleet + the rules that tie them together.
+//!
+//! ```text
+//!   API / CLI ──► Node ──(durable first)──► Store (sled)
+//!                  │
+//!                  └──(then)──► Fleet (actors) ──write-behind──► Store
+//! ```
+//!
+//! The order of operations is the durability contract (ARCHITECTURE.md):
+//! a hierarchy import is written and flushed before the fleet is rebuilt and
+//! before the caller hears "ok"; a dispatch order is written and flushed
+//! before the caller hears "accepted" and before any actor sees it. If the
+//! process dies after the acknowledgement, start-up finds the order in the
+//! journal and finishes the split (splits are idempotent: shares are totals).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::RwLock;
+use vpp_actors::{Fleet, FleetError, Metrics, NodeView};
+use vpp_domain::{
+    AllocationSummary, DerState, DispatchId, DispatchOrder, DispatchRecord, DispatchStatus,
+    FlexEnvelope, Hierarchy, HierarchyError, NodeAllocation, NodeId, NodeKind, NodeSpec,
+};
+use vpp_store::{
+    Store, StoreError, StoreOptions, WriteBehind, WriteBehindHandle, WriteBehindOptions,
+};
+
+use crate::config::NodeConfig;
+
+/// Why a node operation failed. The API maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Nothing imported yet.
+    #[error("no hierarchy has been imported yet: import one with `vpp hierarchy import FILE` or PUT /api/v1/hierarchy")]
+    NoHierarchy,
+    /// Unknown id.
+    #[error("no node {0} in the hierarchy")]
+    UnknownNode(NodeId),
+    /// Unknown dispatch.
+    #[error("no dispatch {0}")]
+    UnknownDispatch(DispatchId),
+    /// The request is malformed or breaks a rule.
+    #[error("{0}")]
+    Invalid(String),
+    /// The hierarchy is not valid.
+    #[error("invalid hierarchy: {} problem(s)", .0.len())]
+    InvalidHierarchy(Vec<HierarchyError>),
+    /// The same dispatch id with a different order.
+    #[error("dispatch {0} already exists with different terms; use a new id")]
+    Conflict(DispatchId),
+    /// The fleet failed to answer.
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Counters of rejected input, by route and reason.
+#[derive(Debug, Default)]
+pub struct Rejections(Mutex<HashMap<(&'static str, &'static str), u64>>);
+
+impl Rejections {
+    /// Counts one rejection.
+    pub fn count(&self, route: &'static str, reason: &'static str) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry((route, reason)).or_default() += 1;
+        }
+    }
+
+    /// All counts.
+    pub fn snapshot(&self) -> Vec<((&'static str, &'static str), u64)> {
+        let mut v: Vec<_> = self
+            .0
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// One level of an allocation tree, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AllocationTree {
+    /// The node.
+    pub node: NodeId,
+    /// What it is.
+    pub kind: NodeKind,
+    /// What it holds, W.
+    pub allocated_w: u64,
+    /// The node's own record (aggregates within the requested depth).
+    pub allocation: Option<NodeAllocation>,
+    /// Children that hold a share (within the requested depth).
+    pub children: Vec<AllocationTree>,
+}
+
+/// A running node.
+pub struct Node {
+    config: NodeConfig,
+    store: Store,
+    /// Owns the write-behind thread; `None` once shut down.
+    write_behind: std::sync::Mutex<Option<WriteBehind>>,
+    writer: WriteBehindHandle,
+    fleet: RwLock<Option<Fleet>>,
+    metrics: Arc<Metrics>,
+    /// Rejected input, by route and reason.
+    pub rejections: Rejections,
+    splits_running: AtomicU64,
+    started: Instant,
+}
+
+impl Node {
+    /// Opens the store and brings the fleet up from it (if a hierarchy was
+    /// imported before), then finishes any split that was accepted but not
+    /// completed before a crash.
+    pub async fn open(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
+        let opts = StoreOptions {
+            cache_bytes: config.store.cache_mb * 1024 * 1024,
+            flush_every_ms: Some(config.store.flush_every_ms),
+        };
+        let dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open_with(&dir, opts))
+            .await
+            .map_err(|e| NodeError::Invalid(e.to_string()))??;
+        let wb = WriteBehind::start(
+            store.clone(),
+            WriteBehindOptions {
+                interval: std::time::Duration::from_millis(config.store.write_behind_ms),
+                ..WriteBehindOptions::default()
+            },
+        )?;
+        let writer = wb.handle();
+        let node = Arc::new(Node {
+            config,
+            store,
+            write_behind: std::sync::Mutex::new(Some(wb)),
+            writer,
+            fleet: RwLock::new(None),
+            metrics: Arc::new(Metrics::default()),
+            rejections: Rejections::default(),
+            splits_running: AtomicU64::new(0),
+            started: Instant::now(),
+        });
+        node.reload_fleet().await?;
+        node.resume_splits().await?;
+        Ok(node)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Actor counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Write-behind counters.
+    pub fn write_behind_stats(&self) -> vpp_store::WriteBehindStats {
+        self.writer.stats()
+    }
+
+    /// Seconds since start.
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// Splits under way.
+    pub fn splits_running(&self) -> u64 {
+        self.splits_running.load(Ordering::Relaxed)
+    }
+
+    /// The live fleet, or [`NodeError::NoHierarchy`].
+    pub async fn fleet(&self) -> Result<Fleet, NodeError> {
+        self.fleet
+            .read()
+            .await
+            .clone()
+            .ok_or(NodeError::NoHierarchy)
+    }
+
+    async fn reload_fleet(&self) -> Result<(), NodeError> {
+        let mut slot = self.fleet.write().await;
+        if let Some(old) = slot.take() {
+            old.stop().await;
+        }
+        // Everything the old actors wrote behind must land before the new
+        // ones read it.
+        let w = self.writer.clone();
+        tokio::task::spawn_blocking(move || w.flush_blocking())
+            .await
+            .map_err(|e| NodeError::Invalid(e.to_string()))??;
+        if self.store.hierarchy_len()? == 0 {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let fleet = Fleet::start_from_store(
+            self.store.clone(),
+            self.config.fleet(),
+            Arc::new(self.writer.clone()),
+            self.metrics.clone(),
+            |done, total| tracing::debug!(done, total, "spawning actors"),
+        )
+        .await?;
+        tracing::info!(nodes = fleet.len(), root = %fleet.root(), ms = t.elapsed().as_millis() as u64, "fleet up");
+        *slot = Some(fleet);
+        Ok(())
+    }
+
+    /// Replaces the whole hierarchy: validate, write and flush, then rebuild
+    /// the actors. Returns the number of nodes.
+    pub async fn replace_hierarchy(&self, h: Hierarchy) -> Result<usize, NodeError> {
+        h.validate().map_err(NodeError::InvalidHierarchy)?;
+        let n = h.len();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.replace_hierarchy(&h))
+            .await
+            .map_err(|e| NodeError::Invalid(e.to_string()))??;
+        self.reload_fleet().await?;
+        Ok(n)
+    }
+
+    /// The stored hierarchy.
+    pub async fn hierarchy(&self) -> Result<Hierarchy, NodeError> {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.load_hierarchy())
+            .await
+            .map_err(|e| NodeError::Invalid(e.to_string()))??)
+    }
+
+    /// Adds nodes to the stored hierarchy (validated as a whole).
+    pub async fn add_nodes(&self, nodes: Vec<NodeSpec>) -> Result<usize, NodeError> {
+        let mut h = self.hierarchy().await?;
+        let n = nodes.len();
+        for node in nodes {
+            h.push(node);
+        }
+        self.replace_hierarchy(h).await?;
+        Ok(n)
+    }
+
+    /// Removes a node and everything under it.
+    pub async fn remove_subtree(&self, id: &NodeId) -> Result<usize, NodeError> {
+        let mut h = self.hierarchy().await?;
+        let topo = h.validate().map_err(NodeError::InvalidHierarchy)?;
+        if !topo.kinds.contains_key(id) {
+            return Err(NodeError::UnknownNode(id.clone()));
+        }
+        if topo.root.as_ref() == Some(id) {
+            return Err(NodeError::Invalid(format!(
+                "{id} is the root; import an empty hierarchy instead of deleting the root"
+            )));
+        }
+        let gone: std::collections::HashSet<NodeId> = topo.subtree(id).into_iter().collect();
+        let n = h.remove(&gone);
+        self.replace_hierarchy(h).await?;
+        Ok(n)
+    }
+
+    /// "What can you do now" for any node; `fresh` pulls from every DER first.
+    pub async fn capacity(&self, id: &NodeId, fresh: bool) -> Result<NodeView, NodeError> {
+        let fleet = self.fleet().await?;
+        if fleet.node(id).is_none() {
+            return Err(NodeError::UnknownNode(id.clone()));
+        }
+        if fresh {
+            let _: FlexEnvelope = fleet.refresh(id).await?;
+        }
+        Ok(fleet.view(id).await?)
+    }
+
+    /// Applies a DER state (an operator's or a telemetry bridge's).
+    pub async fn set_der_state(&self, id: &NodeId, state: DerState) -> Result<(), NodeError> {
+        Ok(self.fleet().await?.set_state(id, state).await?)
+    }
+
+    /// Accepts an order: checks it, makes it durable, then starts the split in
+    /// the background. Creating the same id again with the same terms returns
+    /// the existing record (idempotent); with other terms it is a conflict.
+    /// When the caller gave no start time (`start_given` false) the start is
+    /// not part of the terms compared.
+    pub async fn create_dispatch(
+        self: &Arc<Self>,
+        order: DispatchOrder,
+        start_given: bool,
+    ) -> Result<(DispatchRecord, bool), NodeError> {
+        order.validate().map_err(NodeError::Invalid)?;
+        let fleet = self.fleet().await?;
+        match fleet.node(&order.target) {
+            None => return Err(NodeError::UnknownNode(order.target.clone())),
+            Some((NodeKind::Der, _)) => {
+                return Err(NodeError::Invalid(format!(
+                    "{} is a der; dispatch orders go to sites or virtual DERs",
+                    order.target
+                )))
+            }
+            Some(_) => {}
+        }
+        if let Some(existing) = self.store.get_dispatch(&order.id)? {
+            let same = DispatchOrder {
+                created_ms: existing.order.created_ms,
+                start_ms: if start_given {
+                    order.start_ms
+                } else {
+                    existing.order.start_ms
+                },
+                ..order.clone()
+            } == existing.order;
+            return if same {
+                Ok((existing, false))
+            } else {
+                Err(NodeError::Conflict(order.id))
+            };
+        }
+        let rec = DispatchRecord {
+            updated_ms: order.created_ms,
+            order,
+            status: DispatchStatus::Accepted,
+            summary: None,
+        };
+        let store = self.store.clone();
+        let r = rec.clone();
+        tokio::task::spawn_blocking(move || store.put_dispatch_durable(&r))
+            .await
+            .map_err(|e| NodeError::Invalid(e.to_string()))??;
+        self.spawn_split(fleet, rec.order.clone());
+        Ok((rec, true))
+    }
+
+    fn spawn_split(self: &Arc<Self>, fleet: Fleet, order: DispatchOrder) {
+        let node = self.clone();
+        node.splits_running.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let id = order.id.clone();
+            let order = Arc::new(order);
+            let res = fleet.dispatch(order.clone()).await;
+            node.splits_running.fetch_sub(1, Ordering::Relaxed);
+            match res {
+                Ok(out) => {
+                    let summary = AllocationSummary {
+                        allocated_w: out.accepted_w,
+                        shortfall_w: order.power_w.saturating_sub(out.accepted_w),
+                        ders: out.ders,
+                        resplits: out.resplits,
+                        split_ms: t.elapsed().as_millis() as u64,
+                    };
+                    tracing::info!(order = %id, allocated_w = summary.allocated_w, shortfall_w = summary.shortfall_w, ders = summary.ders, ms = summary.split_ms, "dispatch split");
+                    if let Err(e) = node.finish_split(&fleet, &order, summary).await {
+                        tracing::error!(order = %id, error = %e, "recording split result failed");
+                    }
+                }
+                Err(e) => tracing::error!(order = %id, error = %e, "dispatch split failed"),
+            }
+        });
+    }
+
+    async fn finish_split(
+        &self,
+        fleet: &Fleet,
+        order: &DispatchOrder,
+        summary: AllocationSummary,
+    ) -> Result<(), NodeError> {
+        let Some(mut rec) = self.store.get_dispatch(&order.id)? else {
+            return Ok(());
+        };
+        if rec.status == DispatchStatus::Cancelled {
+            // Cancelled while splitting: withdraw what the split placed.
+            fleet.cancel(order).await?;
+            return Ok(());
+        }
+        // The split's allocations and setpoints went out write-behind; make
+        // them durable before the journal says "allocated", so that status
+        // always means the whole split survives a crash. (A crash before this
+        // leaves the order "accepted", and start-up splits it again.)
+        self.flush_write_behind().await?;
+        rec.status = DispatchStatus::Allocated;
+        rec.updated_ms = vpp_actors::now_ms();
+        rec.summary = Some(summary);
+        self.store.put_dispatch(&rec)?;
+        self.store.flush_async().await?;
+        Ok(())
+    }
+
+    /// Waits until everything queued write-behind so far is on disk.
+    async fn flush_write_behind(&self) -> Result<(), NodeError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.flush_then(move |r| {
+            let _ = tx.send(r);
+        });
+        rx.await
+            .map_err(|_| NodeError::Store(StoreError::WriteBehindStopped))??;
+        Ok(())
+    }
+
+    async fn resume_splits(self: &Arc<Self>) -> Result<(), NodeError> {
+        let Ok(fleet) = self.fleet().await else {
+            return Ok(());
+        };
+        let now = vpp_actors::now_ms();
+        for rec in self.store.list_dispatches(usize::MAX)? {
+            if rec.status == DispatchStatus::Accepted && rec.order.end_ms() > now {
+                if fleet.node(&rec.order.target).is_none() {
+                    continue;
+                }
+                tracing::info!(order = %rec.order.id, "resuming split accepted before restart");
+                self.spawn_split(fleet.clone(), rec.order);
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancels an order: durable first, then withdrawn from the actors.
+    pub async fn cancel_dispatch(&self, id: &DispatchId) -> Result<DispatchRecord, NodeError> {
+        let mut rec = self
+            .store
+            .get_dispatch(id)?
+            .ok_or_else(|| NodeError::UnknownDispatch(id.clone()))?;
+        if rec.status == DispatchStatus::Cancelled {
+            return Ok(rec);
+        }
+        rec.status = DispatchStatus::Cancelled;
+        rec.updated_ms = vpp_actors::now_ms();
+        self.store.put_dispatch(&rec)?;
+        self.store.flush_async().await?;
+        if let Ok(fleet) = self.fleet().await {
+            if fleet.node(&rec.order.target).is_some() {
+                fleet.cancel(&rec.order).await?;
+            }
+        }
+        Ok(rec)
+    }
+
+    /// One order from the journal.
+    pub fn dispatch(&self, id: &DispatchId) -> Result<DispatchRecord, NodeError> {
+        self.store
+            .get_dispatch(id)?
+            .ok_or_else(|| NodeError::UnknownDispatch(id.clone()))
+    }
+
+    /// The newest orders, newest first.
+    pub fn dispatches(&self, limit: usize) -> Result<Vec<DispatchRecord>, NodeError> {
+        Ok(self.store.list_dispatches(limit)?)
+    }
+
+    /// The allocation tree of an order from its target, `depth` levels down
+    /// (1 = the target alone).
+    pub async fn allocation_tree(
+        &self,
+        id: &DispatchId,
+        depth: usize,
+    ) -> Result<AllocationTree, NodeError> {
+        let rec = self.dispatch(id)?;
+        let fleet = self.fleet().await?;
+        let target = rec.order.target.clone();
+        let top = fleet
+            .allocation(id, &target)
+            .await?
+            .map(|a| a.allocated_w)
+            .unwrap_or(0);
+        Ok(Box::pin(tree(&fleet, id, target, top, depth.max(1))).await)
+    }
+}
+
+async fn tree(
+    fleet: &Fleet,
+    id: &DispatchId,
+    node: NodeId,
+    allocated_w: u64,
+    depth: usize,
+) -> AllocationTree {
+    let kind = fleet.node(&node).map(|(k, _)| k).unwrap_or(NodeKind::Der);
+    let allocation = if kind == NodeKind::Der {
+        None
+    } else {
+        fleet.allocation(id, &node).await.ok().flatten()
+    };
+    let mut children = Vec::new();
+    if depth > 1 {
+        if let Some(a) = &allocation {
+            for (c, w) in &a.children {
+                children.push(Box::pin(tree(fleet, id, c.clone(), *w, depth - 1)).await);
+            }
+        }
+    }
+    AllocationTree {
+        node,
+        kind,
+        allocated_w,
+        allocation,
+        children,
+    }
+}
+
+impl Node {
+    /// Stops the actors and flushes everything written behind.
+    pub async fn shutdown(&self) {
+        if let Some(f) = self.fleet.write().await.take() {
+            f.stop().await;
+        }
+        let wb = self.write_behind.lock().ok().and_then(|mut g| g.take());
+        if let Some(wb) = wb {
+            let _ = tokio::task::spawn_blocking(move || wb.shutdown()).await;
+        }
+        let _ = self.store.flush_async().await;
+    }
+}

@@ -1,0 +1,178 @@
+//! The `vpp` CLI end to end: offline on a data dir, and against a running node
+//! found through the data dir.
+//!
+//! Run: `cargo nextest run -p vpp-runtime --test cli`
+
+mod common;
+
+use common::process::{vpp, NodeProcess};
+use common::repo;
+use vpp_store::Store;
+
+fn s(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+#[test]
+fn offline_import_rejects_bad_files_and_keeps_what_was_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let small = repo().join("examples/small.toml");
+    let out = vpp(&[
+        "--data-dir",
+        d,
+        "hierarchy",
+        "import",
+        small.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    assert!(s(&out.stdout).contains("18 DERs"), "{}", s(&out.stdout));
+
+    let bad = repo().join("examples/bad/cycle.toml");
+    let out = vpp(&[
+        "--data-dir",
+        d,
+        "hierarchy",
+        "import",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = s(&out.stderr);
+    assert!(
+        err.contains("cycle.toml:") && err.contains("cycle"),
+        "{err}"
+    );
+
+    let out = vpp(&["--data-dir", d, "hierarchy", "import", "/no/such/file.toml"]);
+    assert!(!out.status.success());
+    assert!(
+        s(&out.stderr).contains("/no/such/file.toml"),
+        "{}",
+        s(&out.stderr)
+    );
+
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.load_hierarchy().unwrap().ders.len(), 18);
+    drop(store);
+
+    let out = vpp(&["--data-dir", d, "hierarchy", "show", "--depth", "2"]);
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    let shown = s(&out.stdout);
+    assert!(shown.starts_with("vpp  [virtual_der]  18 DERs"), "{shown}");
+
+    let out = vpp(&["--data-dir", d, "hierarchy", "export"]);
+    assert!(out.status.success());
+    let back = vpp_domain::hierarchy_file::parse("export", &s(&out.stdout)).unwrap();
+    assert_eq!(back.ders.len(), 18);
+}
+
+#[test]
+fn commands_find_the_running_node_through_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let _node = NodeProcess::start(dir.path());
+    let small = repo().join("examples/small.toml");
+    // The node holds the store's lock; the CLI goes through its API.
+    let out = vpp(&[
+        "--data-dir",
+        d,
+        "hierarchy",
+        "import",
+        small.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    assert!(
+        s(&out.stdout).contains("into the node at http://"),
+        "{}",
+        s(&out.stdout)
+    );
+
+    let out = vpp(&["--data-dir", d, "capacity"]);
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    assert!(
+        s(&out.stdout).starts_with("vpp [virtual_der, pro_rata]"),
+        "{}",
+        s(&out.stdout)
+    );
+
+    let out = vpp(&[
+        "--data-dir",
+        d,
+        "dispatch",
+        "create",
+        "--target",
+        "south",
+        "--kw",
+        "20",
+        "--duration",
+        "30m",
+        "--id",
+        "cli-1",
+    ]);
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    let text = s(&out.stdout);
+    assert!(
+        text.contains("cli-1: up 20.0 kW at south") && text.contains("allocated"),
+        "{text}"
+    );
+
+    let out = vpp(&["--data-dir", d, "dispatch", "list"]);
+    assert!(s(&out.stdout).contains("cli-1"), "{}", s(&out.stdout));
+    let out = vpp(&["--data-dir", d, "dispatch", "cancel", "cli-1"]);
+    assert!(s(&out.stdout).contains("cancelled"), "{}", s(&out.stdout));
+
+    let out = vpp(&[
+        "--data-dir",
+        d,
+        "der",
+        "set-state",
+        "res-ein-04-boiler",
+        "--online",
+        "false",
+    ]);
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    let out = vpp(&[
+        "--data-dir",
+        d,
+        "dispatch",
+        "create",
+        "--target",
+        "nope",
+        "--kw",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        s(&out.stderr).contains("404") && s(&out.stderr).contains("nope"),
+        "{}",
+        s(&out.stderr)
+    );
+    let out = vpp(&[
+        "--data-dir",
+        d,
+        "dispatch",
+        "create",
+        "--target",
+        "vpp",
+        "--kw",
+        "1",
+        "--duration",
+        "soon",
+    ]);
+    assert!(!out.status.success());
+    assert!(s(&out.stderr).contains("soon"), "{}", s(&out.stderr));
+}
+
+#[test]
+fn config_default_prints_a_valid_config() {
+    let out = vpp(&["config", "default"]);
+    assert!(out.status.success());
+    let text = s(&out.stdout);
+    vpp_runtime::config::NodeConfig::parse("stdout", &text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.toml");
+    std::fs::write(&f, "listen = 5\n").unwrap();
+    let out = vpp(&["config", "check", f.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(s(&out.stderr).contains("bad.toml"), "{}", s(&out.stderr));
+}

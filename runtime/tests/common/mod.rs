@@ -1,0 +1,138 @@
+//! Shared helpers of the runtime's black-box tests: an in-process node on
+//! port 0, and polling with a deadline (no fixed sleeps).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vpp_runtime::client::Client;
+use vpp_runtime::config::NodeConfig;
+use vpp_runtime::node::Node;
+
+pub mod process;
+
+/// The repository root (for `examples/`).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A node running in this process on its own runtime thread.
+pub struct TestNode {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestNode {
+    pub fn start() -> TestNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir) -> TestNode {
+        let cfg = NodeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            ..NodeConfig::default()
+        };
+        let (url_tx, url_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
+                let url = format!("http://{}", listener.local_addr().unwrap());
+                let node = Node::open(cfg).await.expect("node opens");
+                url_tx.send(url).unwrap();
+                vpp_runtime::api::serve(listener, node.clone(), async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+                node.shutdown().await;
+            });
+        });
+        let url = url_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("node did not start");
+        TestNode {
+            url,
+            dir,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url)
+    }
+
+    /// Stops the node and hands back its data dir.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.halt();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    fn halt(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Raw request: (status, body as JSON or Null).
+pub fn request(method: &str, url: &str, body: Option<(&str, Vec<u8>)>) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let resp = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        ("DELETE", _) => agent.delete(url).call(),
+        ("POST", Some((ct, b))) => agent.post(url).content_type(ct).send(&b[..]),
+        ("POST", None) => agent.post(url).send_empty(),
+        ("PUT", Some((ct, b))) => agent.put(url).content_type(ct).send(&b[..]),
+        ("PUT", None) => agent.put(url).send_empty(),
+        _ => panic!("method {method}"),
+    };
+    let mut resp = resp.expect("request sent");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Polls `f` until it gives `Some`, failing after `secs`.
+pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn small_toml() -> String {
+    std::fs::read_to_string(repo().join("examples/small.toml")).unwrap()
+}
