@@ -2,8 +2,12 @@
 //! dispatch down.
 //!
 //! Both kinds run the same [`Aggregate`] logic; they differ in what their
-//! children are (DERs for a site; sites and virtual DERs for a virtual DER) and
-//! in that a site restarts a DER actor that fails.
+//! children are. A virtual DER's children are site and virtual-DER actors,
+//! reached by message. A site's children are the DER actors it hosts
+//! ([`crate::der`]): their messages arrive in the site's mailbox and are
+//! handed to them by index; a DER handler that panics is caught, counted and
+//! the DER restarted from its persisted state, so one bad DER never takes its
+//! site down.
 //!
 //! Roll-up coalescing (per aggregate, `rollup_interval` = T):
 //!
@@ -30,20 +34,19 @@
 mod dispatch;
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use vpp_domain::{
-    DerSpec, Direction, DispatchId, DispatchOrder, FlexEnvelope, NodeAllocation, NodeId, NodeKind,
+    DerState, Direction, DispatchId, DispatchOrder, FlexEnvelope, NodeAllocation, NodeId, NodeKind,
     NodeSpec, Strategy,
 };
 
 use crate::build::FleetCtx;
-use crate::der::{DerActor, DerArgs};
-use crate::messages::{
-    settle, AggregateMsg, ChildRef, ChildView, DerMsg, DispatchOutcome, NodeView,
-};
+use crate::der::DerActor;
+use crate::messages::{settle, AggregateMsg, ChildView, DispatchOutcome, NodeView, StateRejected};
 use crate::metrics::Metrics;
 use crate::now_ms;
 
@@ -57,8 +60,6 @@ pub(crate) struct VirtualDerActor;
 pub(crate) struct ChildSpec {
     pub(crate) id: NodeId,
     pub(crate) env: FlexEnvelope,
-    /// Set for DER children, so the site can restart them.
-    pub(crate) der: Option<Arc<DerSpec>>,
 }
 
 pub(crate) struct AggregateArgs {
@@ -68,6 +69,9 @@ pub(crate) struct AggregateArgs {
     pub(crate) strategy: Strategy,
     pub(crate) parent: Option<(ActorRef<AggregateMsg>, u32)>,
     pub(crate) children: Vec<ChildSpec>,
+    /// The DER actors a site hosts, in the order of `children` (empty for
+    /// virtual DERs).
+    pub(crate) ders: Vec<DerActor>,
     /// Allocations restored from the journal: orders still active.
     pub(crate) allocations: Vec<(Arc<DispatchOrder>, NodeAllocation)>,
     pub(crate) ctx: Arc<FleetCtx>,
@@ -75,11 +79,12 @@ pub(crate) struct AggregateArgs {
 
 pub(crate) struct Child {
     pub(crate) id: NodeId,
-    pub(crate) actor: Option<ChildRef>,
+    /// The child's actor (virtual DERs' children; `None` for hosted DERs and
+    /// for a child actor that is down).
+    pub(crate) actor: Option<ActorRef<AggregateMsg>>,
     pub(crate) env: FlexEnvelope,
     pub(crate) last_dispatched_ms: Option<u64>,
     pub(crate) failed: bool,
-    der: Option<Arc<DerSpec>>,
 }
 
 /// What this node holds for one order.
@@ -99,6 +104,8 @@ pub(crate) struct Aggregate {
     pub(crate) strategy: Strategy,
     parent: Option<(ActorRef<AggregateMsg>, u32)>,
     pub(crate) children: Vec<Child>,
+    /// Hosted DER actors (sites only), index = child index.
+    pub(crate) ders: Vec<DerActor>,
     by_actor: HashMap<ActorId, usize>,
     pub(crate) sum: FlexEnvelope,
     reported: FlexEnvelope,
@@ -118,7 +125,6 @@ fn start(a: AggregateArgs) -> Aggregate {
             env: c.env,
             last_dispatched_ms: None,
             failed: false,
-            der: c.der,
         })
         .collect();
     let sum = FlexEnvelope::sum(children.iter().map(|c| &c.env));
@@ -153,6 +159,7 @@ fn start(a: AggregateArgs) -> Aggregate {
         strategy: a.strategy,
         parent: a.parent,
         children,
+        ders: a.ders,
         by_actor: HashMap::new(),
         reported: sum.clone(),
         sum,
@@ -192,9 +199,9 @@ impl Actor for SiteActor {
         evt: SupervisionEvent,
         agg: &mut Aggregate,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(idx) = agg.child_down(&myself, evt) {
-            agg.restart_der(&myself, idx).await;
-        }
+        // A site links no child actors (its DERs are hosted); nothing to do
+        // beyond the bookkeeping shared with virtual DERs.
+        agg.child_down(&myself, evt);
         Ok(())
     }
 }
@@ -255,10 +262,35 @@ impl Aggregate {
             AggregateMsg::Attach(refs) => {
                 for (i, r) in refs.into_iter().enumerate() {
                     if let Some(c) = self.children.get_mut(i) {
-                        self.by_actor.insert(r.cell().get_id(), i);
+                        self.by_actor.insert(r.get_id(), i);
                         c.actor = Some(r);
                     }
                 }
+            }
+            AggregateMsg::DerState(idx, state, reply) => {
+                let r = self.der_state(&myself, idx as usize, state);
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            AggregateMsg::DerStates(batch) => {
+                for (idx, state) in batch {
+                    let _ = self.der_state(&myself, idx as usize, state);
+                }
+            }
+            #[cfg(test)]
+            AggregateMsg::PanicDer(idx, reply) => {
+                let r = self.with_der(&myself, idx as usize, |_, _| panic!("injected fault"));
+                let _ = reply.send(r);
+            }
+            AggregateMsg::DerView(idx, reply) => {
+                let now = now_ms();
+                let idx = idx as usize;
+                let view = match self.with_der(&myself, idx, |d, ctx| d.expire(now, ctx)) {
+                    Ok(()) => self.ders.get(idx).map(|d| d.view(&self.children[idx].env)),
+                    Err(_) => None,
+                };
+                let _ = reply.send(view);
             }
             AggregateMsg::View(reply) => {
                 self.expire(now_ms());
@@ -269,11 +301,11 @@ impl Aggregate {
                 let _ = reply.send(self.sum.clone());
             }
             AggregateMsg::Dispatch(share, reply) => {
-                let out = self.dispatch(share).await;
+                let out = self.dispatch(&myself, share).await;
                 let _ = reply.send(out);
             }
             AggregateMsg::Cancel(id, reply) => {
-                self.cancel(&id).await;
+                self.cancel(&myself, &id).await;
                 if let Some(reply) = reply {
                     let _ = reply.send(());
                 }
@@ -291,6 +323,13 @@ impl Aggregate {
     fn mark_dirty(&mut self, myself: &ActorRef<AggregateMsg>) {
         if self.parent.is_none() {
             return; // the root's sum is always current
+        }
+        if !self.ders.is_empty() {
+            // A site reports as soon as it has handled a message: its input
+            // already arrives batched per site, and a timer per site (a
+            // quarter of a million of them) would cost more than it saves.
+            self.flush();
+            return;
         }
         self.dirty = true;
         if self.flush_pending {
@@ -319,15 +358,20 @@ impl Aggregate {
     /// Pulls a fresh envelope from every child now (bypassing coalescing), so
     /// the answer reflects every change made before the call.
     async fn refresh(&mut self) {
+        if !self.ders.is_empty() {
+            for (c, d) in self.children.iter_mut().zip(&self.ders) {
+                let env = d.envelope();
+                self.sum.replace(&c.env, &env);
+                c.env = env;
+            }
+            return;
+        }
         let timeout = self.ctx.config.dispatch_timeout;
         let asks = self.children.iter().map(|c| {
             let actor = c.actor.clone();
             async move {
                 match actor {
-                    Some(ChildRef::Der(a)) => settle(a.call(DerMsg::Refresh, Some(timeout)).await),
-                    Some(ChildRef::Aggregate(a)) => {
-                        settle(a.call(AggregateMsg::Refresh, Some(timeout)).await)
-                    }
+                    Some(a) => settle(a.call(AggregateMsg::Refresh, Some(timeout)).await),
                     None => Err("child actor is down".to_string()),
                 }
             }
@@ -388,23 +432,20 @@ impl Aggregate {
         }
     }
 
-    /// A child stopped or panicked: take it out of the envelope. Returns its
-    /// index when it was a DER that should be restarted.
-    fn child_down(
-        &mut self,
-        myself: &ActorRef<AggregateMsg>,
-        evt: SupervisionEvent,
-    ) -> Option<usize> {
+    /// A child actor stopped or panicked: take it out of the envelope.
+    fn child_down(&mut self, myself: &ActorRef<AggregateMsg>, evt: SupervisionEvent) {
         let (cell, why): (ActorCell, String) = match evt {
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 (cell, reason.unwrap_or_else(|| "stopped".into()))
             }
-            _ => return None,
+            _ => return,
         };
-        let idx = self.by_actor.remove(&cell.get_id())?;
+        let Some(idx) = self.by_actor.remove(&cell.get_id()) else {
+            return;
+        };
         if self.ctx.is_shutting_down() {
-            return None;
+            return;
         }
         Metrics::inc(&self.ctx.metrics.actor_failures);
         let c = &mut self.children[idx];
@@ -415,45 +456,73 @@ impl Aggregate {
         self.sum.replace(&c.env, &zero);
         c.env = zero;
         self.mark_dirty(myself);
-        c_is_der(&self.children[idx]).then_some(idx)
     }
 
-    /// Brings a failed DER actor back with its last persisted state (offline
-    /// until telemetry says otherwise when none is known).
-    async fn restart_der(&mut self, myself: &ActorRef<AggregateMsg>, idx: usize) {
-        let Some(spec) = self.children[idx].der.clone() else {
-            return;
+    /// Runs `f` on hosted DER `idx`, as its actor. A panic in `f` is caught:
+    /// the DER is restarted from its persisted state and the caller gets the
+    /// failure as an error.
+    pub(crate) fn with_der<T>(
+        &mut self,
+        myself: &ActorRef<AggregateMsg>,
+        idx: usize,
+        f: impl FnOnce(&mut DerActor, &FleetCtx) -> T,
+    ) -> Result<T, String> {
+        let ctx = self.ctx.clone();
+        let Some(d) = self.ders.get_mut(idx) else {
+            return Err(format!("{} hosts no DER number {idx}", self.id));
         };
-        let state = self.ctx.last_state(&spec);
-        let setpoints = self.ctx.last_setpoints(&spec.id);
-        let env = vpp_domain::flex::der_envelope(&spec.rating, &state);
-        let args = DerArgs {
-            spec,
-            state,
-            setpoints,
-            parent: myself.clone(),
-            idx: idx as u32,
-            ctx: self.ctx.clone(),
-        };
-        match Actor::spawn_linked(None, DerActor, args, myself.get_cell()).await {
-            Ok((der, _)) => {
-                Metrics::inc(&self.ctx.metrics.actor_restarts);
-                self.by_actor.insert(der.get_id(), idx);
-                let c = &mut self.children[idx];
-                c.failed = false;
-                c.actor = Some(ChildRef::Der(der));
-                self.sum.replace(&c.env, &env);
-                c.env = env;
-                tracing::info!(node = %self.id, child = %c.id, "der actor restarted");
-                self.mark_dirty(myself);
-            }
-            Err(e) => {
-                tracing::error!(node = %self.id, child = %self.children[idx].id, error = %e, "der restart failed");
+        match std::panic::catch_unwind(AssertUnwindSafe(|| f(d, &ctx))) {
+            Ok(v) => Ok(v),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                self.restart_der(myself, idx, &msg);
+                Err(format!("der failed ({msg}) and was restarted"))
             }
         }
     }
+
+    /// Replaces a failed DER actor with a fresh one built from its last
+    /// persisted state and setpoints (offline when none is known).
+    fn restart_der(&mut self, myself: &ActorRef<AggregateMsg>, idx: usize, why: &str) {
+        Metrics::inc(&self.ctx.metrics.actor_failures);
+        let spec = self.ders[idx].spec().clone();
+        tracing::warn!(node = %self.id, der = %spec.id, reason = %why, "der actor failed; restarting");
+        let state = self.ctx.last_state(&spec);
+        let setpoints = self.ctx.last_setpoints(&spec.id);
+        let der = DerActor::new(spec, state, setpoints);
+        let env = der.envelope();
+        self.ders[idx] = der;
+        let c = &mut self.children[idx];
+        self.sum.replace(&c.env, &env);
+        c.env = env;
+        Metrics::inc(&self.ctx.metrics.actor_restarts);
+        self.mark_dirty(myself);
+    }
+
+    /// Applies a state to hosted DER `idx` and folds its new envelope in.
+    fn der_state(
+        &mut self,
+        myself: &ActorRef<AggregateMsg>,
+        idx: usize,
+        state: DerState,
+    ) -> Result<(), StateRejected> {
+        let env = match self.with_der(myself, idx, |d, ctx| d.set_state(state, ctx)) {
+            Ok(r) => r?,
+            Err(_) => return Ok(()), // restarted; the failure is counted
+        };
+        let c = &mut self.children[idx];
+        if env != c.env {
+            self.sum.replace(&c.env, &env);
+            c.env = env;
+            self.mark_dirty(myself);
+        }
+        Ok(())
+    }
 }
 
-fn c_is_der(c: &Child) -> bool {
-    c.der.is_some()
-}
+#[cfg(test)]
+mod tests;

@@ -5,14 +5,16 @@
 //! DER envelopes are computed from their last state and summed bottom-up.
 //! Every actor starts with the envelopes of its children already in hand, so a
 //! cold start costs no message storm and the root knows the whole fleet the
-//! moment the tree is up. Actors are then spawned level by level, top-down
-//! (a child needs its parent's handle), each level in parallel chunks.
+//! moment the tree is up. Aggregate actors are then spawned level by level,
+//! top-down (a child needs its parent's handle), each level in parallel
+//! chunks; each site is spawned with the DER actors it hosts.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorCell, ActorRef};
+use rustc_hash::FxHashMap;
 use vpp_domain::flex::der_envelope;
 use vpp_domain::{
     DerSpec, DerState, DispatchOrder, FlexEnvelope, Hierarchy, NodeAllocation, NodeId, NodeKind,
@@ -21,9 +23,9 @@ use vpp_domain::{
 
 use crate::aggregate::{AggregateArgs, ChildSpec, SiteActor, VirtualDerActor};
 use crate::config::FleetConfig;
-use crate::der::{DerActor, DerArgs};
+use crate::der::DerActor;
 use crate::journal::Journal;
-use crate::messages::{AggregateMsg, ChildRef};
+use crate::messages::AggregateMsg;
 use crate::metrics::Metrics;
 
 /// What every actor of one fleet shares.
@@ -107,22 +109,27 @@ struct Slot {
 
 /// The handle of every node, by id, and how they hang together.
 pub(crate) struct Built {
-    pub(crate) index: HashMap<NodeId, NodeHandle>,
+    pub(crate) index: FxHashMap<NodeId, NodeHandle>,
+    pub(crate) sites: Vec<ActorRef<AggregateMsg>>,
     pub(crate) root: ActorRef<AggregateMsg>,
     pub(crate) root_id: NodeId,
 }
 
-/// One node of a live fleet.
+/// One node of a live fleet: its actor, or for a DER the site actor hosting
+/// it and its index there.
 #[derive(Clone)]
 pub(crate) struct NodeHandle {
     pub(crate) kind: NodeKind,
     pub(crate) parent: Option<NodeId>,
-    pub(crate) actor: ChildRef,
+    pub(crate) actor: ActorRef<AggregateMsg>,
+    pub(crate) der_idx: Option<u32>,
+    /// For DERs and sites: the site's number in `Built::sites`.
+    pub(crate) site_no: u32,
 }
 
-enum Item {
-    Der(DerArgs),
-    Agg(AggregateArgs, bool),
+struct Item {
+    args: AggregateArgs,
+    is_site: bool,
 }
 
 /// Lays out, rolls up and spawns the whole tree under `supervisor`.
@@ -132,6 +139,7 @@ pub(crate) async fn build(
     supervisor: ActorCell,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Built, String> {
+    let t0 = std::time::Instant::now();
     let root_id = snap
         .topology
         .root
@@ -139,7 +147,8 @@ pub(crate) async fn build(
         .ok_or_else(|| "the hierarchy has no root".to_string())?;
 
     // 1. Breadth-first layout.
-    let mut strategies: HashMap<&NodeId, Spec> = HashMap::with_capacity(snap.hierarchy.len());
+    let mut strategies: FxHashMap<&NodeId, Spec> =
+        FxHashMap::with_capacity_and_hasher(snap.hierarchy.len(), Default::default());
     for v in &snap.hierarchy.virtual_ders {
         strategies.insert(&v.id, Spec::Virtual(v.clone()));
     }
@@ -197,6 +206,7 @@ pub(crate) async fn build(
         end = next_end;
     }
 
+    let t_layout = t0.elapsed();
     // 2. Bottom-up roll-up in plain code.
     let mut envs: Vec<FlexEnvelope> = vec![FlexEnvelope::zero(); slots.len()];
     let mut states: Vec<Option<DerState>> = Vec::with_capacity(slots.len());
@@ -222,84 +232,77 @@ pub(crate) async fn build(
         envs[idx] = env;
     }
 
-    // 3. Spawn level by level.
-    let mut refs: Vec<Option<ChildRef>> = vec![None; slots.len()];
-    let mut index: HashMap<NodeId, NodeHandle> = HashMap::with_capacity(slots.len());
+    let t_rollup = t0.elapsed() - t_layout;
+    // 3. Spawn the aggregates level by level; DERs go to their site.
+    let mut refs: Vec<Option<ActorRef<AggregateMsg>>> = vec![None; slots.len()];
+    let mut index: FxHashMap<NodeId, NodeHandle> =
+        FxHashMap::with_capacity_and_hasher(slots.len(), Default::default());
+    let mut sites: Vec<ActorRef<AggregateMsg>> = Vec::new();
     let mut done = 0usize;
     let chunks = ctx.config.spawn_parallelism.max(1);
     for &(a, b) in &bounds {
-        let mut items: Vec<(usize, Item, Option<ActorCell>)> = Vec::with_capacity(b - a);
+        let mut items: Vec<(usize, Item, ActorCell)> = Vec::with_capacity(b - a);
         for idx in a..b {
             let s = &slots[idx];
+            let (spec, strategy, is_site) = match &s.spec {
+                Spec::Der(_) => continue,
+                Spec::Site(site) => (NodeSpec::Site(site.clone()), site.strategy, true),
+                Spec::Virtual(v) => (NodeSpec::VirtualDer(v.clone()), v.strategy, false),
+            };
             let parent = if s.parent == u32::MAX {
                 None
             } else {
                 let p = s.parent as usize;
-                let parent_ref = match refs[p].as_ref() {
-                    Some(ChildRef::Aggregate(r)) => r.clone(),
-                    _ => return Err(format!("parent of {} did not start", s.id)),
-                };
+                let parent_ref = refs[p]
+                    .clone()
+                    .ok_or_else(|| format!("parent of {} did not start", s.id))?;
                 Some((parent_ref, (idx - slots[p].first_child as usize) as u32))
             };
             let sup = parent
                 .as_ref()
                 .map(|(r, _)| r.get_cell())
-                .or_else(|| Some(supervisor.clone()));
-            let item = match &s.spec {
-                Spec::Der(d) => {
-                    let (parent, idx_in_parent) =
-                        parent.ok_or_else(|| format!("der {} has no site", s.id))?;
-                    Item::Der(DerArgs {
-                        spec: d.clone(),
-                        state: states[idx]
+                .unwrap_or_else(|| supervisor.clone());
+            let (f, n) = (s.first_child as usize, s.n_children as usize);
+            let children = (f..f + n)
+                .map(|c| ChildSpec {
+                    id: slots[c].id.clone(),
+                    env: envs[c].clone(),
+                })
+                .collect();
+            let mut ders = Vec::new();
+            if is_site {
+                for c in f..f + n {
+                    if let Spec::Der(d) = &slots[c].spec {
+                        let state = states[c]
                             .take()
-                            .unwrap_or_else(|| DerState::nominal(&d.rating)),
-                        setpoints: snap.setpoints.remove(&s.id).unwrap_or_default(),
-                        parent,
-                        idx: idx_in_parent,
-                        ctx: ctx.clone(),
-                    })
+                            .unwrap_or_else(|| DerState::nominal(&d.rating));
+                        let sp = snap.setpoints.remove(&slots[c].id).unwrap_or_default();
+                        ders.push(DerActor::new(d.clone(), state, sp));
+                    }
                 }
-                Spec::Virtual(_) | Spec::Site(_) => {
-                    let (f, n) = (s.first_child as usize, s.n_children as usize);
-                    let children = (f..f + n)
-                        .map(|c| ChildSpec {
-                            id: slots[c].id.clone(),
-                            env: envs[c].clone(),
-                            der: match &slots[c].spec {
-                                Spec::Der(d) => Some(d.clone()),
-                                _ => None,
-                            },
-                        })
-                        .collect();
-                    let (is_site, spec, strategy) = match &s.spec {
-                        Spec::Site(site) => (true, NodeSpec::Site(site.clone()), site.strategy),
-                        Spec::Virtual(v) => (false, NodeSpec::VirtualDer(v.clone()), v.strategy),
-                        Spec::Der(_) => unreachable!("matched above"),
-                    };
-                    Item::Agg(
-                        AggregateArgs {
-                            id: s.id.clone(),
-                            kind: if is_site {
-                                NodeKind::Site
-                            } else {
-                                NodeKind::VirtualDer
-                            },
-                            spec,
-                            strategy,
-                            parent,
-                            children,
-                            allocations: snap.allocations.remove(&s.id).unwrap_or_default(),
-                            ctx: ctx.clone(),
-                        },
-                        is_site,
-                    )
-                }
+            }
+            let args = AggregateArgs {
+                id: s.id.clone(),
+                kind: if is_site {
+                    NodeKind::Site
+                } else {
+                    NodeKind::VirtualDer
+                },
+                spec,
+                strategy,
+                parent,
+                children,
+                ders,
+                allocations: snap.allocations.remove(&s.id).unwrap_or_default(),
+                ctx: ctx.clone(),
             };
-            items.push((idx, item, sup));
+            items.push((idx, Item { args, is_site }, sup));
         }
-        // Spawn the level in parallel chunks (pre_start runs in the spawning
-        // task, so chunks on separate tasks use every core).
+        if items.is_empty() {
+            continue;
+        }
+        // pre_start runs in the spawning task, so chunks on separate tasks
+        // use every core.
         let per = items.len().div_ceil(chunks).max(1);
         let mut tasks = Vec::new();
         while !items.is_empty() {
@@ -311,81 +314,94 @@ pub(crate) async fn build(
             let spawned = t.await.map_err(|e| format!("spawn task failed: {e}"))??;
             for (idx, r) in spawned {
                 let s = &slots[idx];
-                let kind = match s.spec {
-                    Spec::Der(_) => NodeKind::Der,
-                    Spec::Site(_) => NodeKind::Site,
-                    Spec::Virtual(_) => NodeKind::VirtualDer,
-                };
+                let is_site = matches!(s.spec, Spec::Site(_));
                 let parent = (s.parent != u32::MAX).then(|| slots[s.parent as usize].id.clone());
                 index.insert(
                     s.id.clone(),
                     NodeHandle {
-                        kind,
+                        kind: if is_site {
+                            NodeKind::Site
+                        } else {
+                            NodeKind::VirtualDer
+                        },
                         parent,
                         actor: r.clone(),
+                        der_idx: None,
+                        site_no: if is_site {
+                            sites.len() as u32
+                        } else {
+                            u32::MAX
+                        },
                     },
                 );
+                if is_site {
+                    let site_no = sites.len() as u32;
+                    sites.push(r.clone());
+                    let (f, n) = (s.first_child as usize, s.n_children as usize);
+                    for (k, c) in (f..f + n).enumerate() {
+                        index.insert(
+                            slots[c].id.clone(),
+                            NodeHandle {
+                                kind: NodeKind::Der,
+                                parent: Some(s.id.clone()),
+                                actor: r.clone(),
+                                der_idx: Some(k as u32),
+                                site_no,
+                            },
+                        );
+                    }
+                    done += n;
+                }
                 refs[idx] = Some(r);
             }
         }
         done += b - a;
-        progress(done, slots.len());
+        progress(done.min(slots.len()), slots.len());
     }
     drop(envs);
 
-    // 4. Hand every aggregate its children's handles.
+    // 4. Hand every virtual DER its children's handles.
     for (idx, s) in slots.iter().enumerate() {
-        if s.n_children == 0 {
+        if !matches!(s.spec, Spec::Virtual(_)) || s.n_children == 0 {
             continue;
         }
-        if let Some(ChildRef::Aggregate(agg)) = &refs[idx] {
+        if let Some(agg) = &refs[idx] {
             let (f, n) = (s.first_child as usize, s.n_children as usize);
-            let kids: Vec<ChildRef> = refs[f..f + n].iter().flatten().cloned().collect();
+            let kids: Vec<ActorRef<AggregateMsg>> =
+                refs[f..f + n].iter().flatten().cloned().collect();
             agg.cast(AggregateMsg::Attach(kids))
                 .map_err(|e| format!("attaching children of {}: {e}", s.id))?;
         }
     }
-    let root = match refs[0].take() {
-        Some(ChildRef::Aggregate(r)) => r,
-        _ => return Err("root did not start".into()),
-    };
+    let root = refs[0].take().ok_or("root did not start")?;
+    tracing::info!(
+        nodes = slots.len(),
+        layout_ms = t_layout.as_millis() as u64,
+        rollup_ms = t_rollup.as_millis() as u64,
+        spawn_ms = (t0.elapsed() - t_layout - t_rollup).as_millis() as u64,
+        "fleet built"
+    );
     Ok(Built {
         index,
+        sites,
         root,
         root_id,
     })
 }
 
 async fn spawn_chunk(
-    items: Vec<(usize, Item, Option<ActorCell>)>,
-) -> Result<Vec<(usize, ChildRef)>, String> {
+    items: Vec<(usize, Item, ActorCell)>,
+) -> Result<Vec<(usize, ActorRef<AggregateMsg>)>, String> {
     let mut out = Vec::with_capacity(items.len());
     for (idx, item, sup) in items {
-        let sup = sup.ok_or("no supervisor")?;
-        let r = match item {
-            Item::Der(args) => {
-                let id = args.spec.id.clone();
-                let (a, _) = Actor::spawn_linked(None, DerActor, args, sup)
-                    .await
-                    .map_err(|e| format!("spawning der {id}: {e}"))?;
-                ChildRef::Der(a)
-            }
-            Item::Agg(args, true) => {
-                let id = args.id.clone();
-                let (a, _) = Actor::spawn_linked(None, SiteActor, args, sup)
-                    .await
-                    .map_err(|e| format!("spawning site {id}: {e}"))?;
-                ChildRef::Aggregate(a)
-            }
-            Item::Agg(args, false) => {
-                let id = args.id.clone();
-                let (a, _) = Actor::spawn_linked(None, VirtualDerActor, args, sup)
-                    .await
-                    .map_err(|e| format!("spawning virtual der {id}: {e}"))?;
-                ChildRef::Aggregate(a)
-            }
+        let id = item.args.id.clone();
+        let r = if item.is_site {
+            Actor::spawn_linked(None, SiteActor, item.args, sup).await
+        } else {
+            Actor::spawn_linked(None, VirtualDerActor, item.args, sup).await
         };
-        out.push((idx, r));
+        let (a, _) = r.map_err(|e| format!("spawning {id}: {e}"))?;
+        out.push((idx, a));
     }
     Ok(out)
 }

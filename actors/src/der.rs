@@ -1,143 +1,83 @@
-//! The DER actor: the digital twin of one device.
+//! The DER actor: the digital twin of one device, hosted by its site.
 //!
-//! Holds the DER's rating, last known state and active setpoints. A state
-//! change recomputes the envelope ([`vpp_domain::flex::der_envelope`]) and,
-//! when it differs, reports it to the site. A dispatch share is accepted up to
+//! A DER actor holds the DER's rating, last known state and active setpoints,
+//! and handles its messages one at a time like any actor. It does not have a
+//! tokio task and mailboxes of its own: its [`crate::aggregate`] site actor
+//! hosts it and delivers its messages, the way sharded-entity systems host
+//! many entities per process unit. Measured reason (ARCHITECTURE.md): a
+//! ractor actor costs ~6.7 KB and ~8 µs to spawn, which alone breaks the
+//! 1M-DER memory, spawn and split targets; a hosted DER costs a few hundred
+//! bytes and is reached with a function call from its site.
+//!
+//! A state change recomputes the envelope ([`vpp_domain::flex::der_envelope`]);
+//! the site folds the change into its sum. A dispatch share is accepted up to
 //! what the device can do now beyond its other commitments; the rest is
-//! refused with a reason, and the site re-splits it.
+//! refused with a reason, and the site re-splits it. A handler that panics is
+//! caught by the site, which restarts the DER from its persisted state.
 
 use std::sync::Arc;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use vpp_domain::flex::der_envelope;
 use vpp_domain::{
-    DerSpec, DerState, Direction, DispatchId, FlexEnvelope, NodeId, NodeKind, NodeSpec, Setpoint,
+    DerSpec, DerState, Direction, DispatchId, DispatchOrder, FlexEnvelope, NodeKind, NodeSpec,
+    Setpoint,
 };
 
 use crate::build::FleetCtx;
-use crate::messages::{
-    AggregateMsg, DerMsg, DispatchOutcome, DispatchShare, NodeView, StateRejected,
-};
+use crate::messages::{DispatchOutcome, NodeView, StateRejected};
 use crate::metrics::Metrics;
-use crate::now_ms;
 
-/// The actor of one DER. Spawned by the fleet builder under its site.
-pub(crate) struct DerActor;
-
-pub(crate) struct DerArgs {
-    pub(crate) spec: Arc<DerSpec>,
-    pub(crate) state: DerState,
-    pub(crate) setpoints: Vec<Setpoint>,
-    pub(crate) parent: ActorRef<AggregateMsg>,
-    pub(crate) idx: u32,
-    pub(crate) ctx: Arc<FleetCtx>,
-}
-
-pub(crate) struct Der {
+/// One DER, hosted by its site actor.
+pub(crate) struct DerActor {
     spec: Arc<DerSpec>,
     state: DerState,
-    env: FlexEnvelope,
     setpoints: Vec<Setpoint>,
-    parent: ActorRef<AggregateMsg>,
-    idx: u32,
-    ctx: Arc<FleetCtx>,
 }
 
-impl Actor for DerActor {
-    type Msg = DerMsg;
-    type State = Der;
-    type Arguments = DerArgs;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<DerMsg>,
-        a: DerArgs,
-    ) -> Result<Der, ActorProcessingErr> {
-        let env = der_envelope(&a.spec.rating, &a.state);
-        Ok(Der {
-            spec: a.spec,
-            state: a.state,
-            env,
-            setpoints: a.setpoints,
-            parent: a.parent,
-            idx: a.idx,
-            ctx: a.ctx,
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<DerMsg>,
-        msg: DerMsg,
-        der: &mut Der,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            DerMsg::SetState(state, reply) => {
-                let r = der.set_state(state);
-                if let Some(reply) = reply {
-                    let _ = reply.send(r);
-                }
-            }
-            DerMsg::View(reply) => {
-                der.expire(now_ms());
-                let _ = reply.send(der.view());
-            }
-            DerMsg::Refresh(reply) => {
-                let _ = reply.send(der.env.clone());
-            }
-            DerMsg::Dispatch(share, reply) => {
-                let _ = reply.send(der.dispatch(share));
-            }
-            DerMsg::Cancel(id, reply) => {
-                der.cancel(&id);
-                if let Some(reply) = reply {
-                    let _ = reply.send(());
-                }
-            }
+impl DerActor {
+    pub(crate) fn new(spec: Arc<DerSpec>, state: DerState, setpoints: Vec<Setpoint>) -> Self {
+        Self {
+            spec,
+            state,
+            setpoints,
         }
-        Ok(())
-    }
-}
-
-impl Der {
-    fn id(&self) -> &NodeId {
-        &self.spec.id
     }
 
-    fn set_state(&mut self, state: DerState) -> Result<(), StateRejected> {
+    pub(crate) fn spec(&self) -> &Arc<DerSpec> {
+        &self.spec
+    }
+
+    /// The DER's envelope now.
+    pub(crate) fn envelope(&self) -> FlexEnvelope {
+        der_envelope(&self.spec.rating, &self.state)
+    }
+
+    /// Applies a newer state; returns the new envelope. Older or equal
+    /// sequence numbers (except 0, "unsequenced") are refused.
+    pub(crate) fn set_state(
+        &mut self,
+        state: DerState,
+        ctx: &FleetCtx,
+    ) -> Result<FlexEnvelope, StateRejected> {
         if state.seq != 0 && state.seq <= self.state.seq {
-            Metrics::inc(&self.ctx.metrics.states_rejected_stale);
+            Metrics::inc(&ctx.metrics.states_rejected_stale);
             return Err(StateRejected::Stale {
                 got: state.seq,
                 have: self.state.seq,
             });
         }
         self.state = state;
-        Metrics::inc(&self.ctx.metrics.states_applied);
-        self.ctx.journal.der_state(&self.spec.id, &self.state);
-        let env = der_envelope(&self.spec.rating, &self.state);
-        if env != self.env {
-            self.env = env;
-            self.report();
-        }
-        Ok(())
-    }
-
-    fn report(&self) {
-        Metrics::inc(&self.ctx.metrics.reports_sent);
-        // A dead parent means the tree is being torn down; nothing to do.
-        let _ = self.parent.cast(AggregateMsg::ChildReport {
-            idx: self.idx,
-            env: Box::new(self.env.clone()),
-        });
+        Metrics::inc(&ctx.metrics.states_applied);
+        ctx.journal.der_state(&self.spec.id, &self.state);
+        Ok(self.envelope())
     }
 
     /// Drops setpoints whose order has ended.
-    fn expire(&mut self, now: u64) {
+    pub(crate) fn expire(&mut self, now: u64, ctx: &FleetCtx) {
         let before = self.setpoints.len();
         self.setpoints.retain(|s| s.end_ms > now);
         if self.setpoints.len() != before {
-            self.ctx.journal.setpoints(self.id(), &self.setpoints);
+            ctx.journal.setpoints(&self.spec.id, &self.setpoints);
         }
     }
 
@@ -149,9 +89,14 @@ impl Der {
             .sum()
     }
 
-    fn dispatch(&mut self, share: DispatchShare) -> DispatchOutcome {
-        let order = &share.order;
-        self.expire(now_ms());
+    /// Takes up to `share_w` of `order` (its total share, not an increment).
+    pub(crate) fn dispatch(
+        &mut self,
+        order: &DispatchOrder,
+        share_w: u64,
+        env: &FlexEnvelope,
+        ctx: &FleetCtx,
+    ) -> DispatchOutcome {
         let dir = order.direction;
         let rating = &self.spec.rating;
         let (room, why) = if !self.state.online {
@@ -159,19 +104,14 @@ impl Der {
         } else if !self.state.accepts_control {
             (0, Some("owner has taken local control".to_string()))
         } else {
-            let room = self
-                .env
+            let room = env
                 .available_w(dir)
                 .saturating_sub(self.committed(dir, &order.id));
             (room, None)
         };
-        let accepted = share.share_w.min(room);
-        let reason = if accepted < share.share_w {
-            Metrics::inc(&self.ctx.metrics.dispatch_refusals);
-            Some(why.unwrap_or_else(|| format!("only {room} W available")))
-        } else {
-            None
-        };
+        let accepted = share_w.min(room);
+        let reason =
+            (accepted < share_w).then(|| why.unwrap_or_else(|| format!("only {room} W available")));
         self.setpoints.retain(|s| s.dispatch != order.id);
         if accepted > 0 {
             let delta = accepted as i64;
@@ -199,8 +139,8 @@ impl Der {
                 ramp_w_per_min: ramp,
             });
         }
-        Metrics::inc(&self.ctx.metrics.dispatch_shares);
-        self.ctx.journal.setpoints(self.id(), &self.setpoints);
+        Metrics::inc(&ctx.metrics.dispatch_shares);
+        ctx.journal.setpoints(&self.spec.id, &self.setpoints);
         DispatchOutcome {
             accepted_w: accepted,
             ders: u64::from(accepted > 0),
@@ -209,15 +149,16 @@ impl Der {
         }
     }
 
-    fn cancel(&mut self, id: &DispatchId) {
+    /// Withdraws the setpoint of an order, if any.
+    pub(crate) fn cancel(&mut self, id: &DispatchId, ctx: &FleetCtx) {
         let before = self.setpoints.len();
         self.setpoints.retain(|s| &s.dispatch != id);
         if before != self.setpoints.len() {
-            self.ctx.journal.setpoints(self.id(), &self.setpoints);
+            ctx.journal.setpoints(&self.spec.id, &self.setpoints);
         }
     }
 
-    fn view(&self) -> NodeView {
+    pub(crate) fn view(&self, env: &FlexEnvelope) -> NodeView {
         let c = |d| {
             self.setpoints
                 .iter()
@@ -229,7 +170,7 @@ impl Der {
             id: self.spec.id.clone(),
             kind: NodeKind::Der,
             spec: NodeSpec::Der((*self.spec).clone()),
-            envelope: self.env.clone(),
+            envelope: env.clone(),
             committed_up_w: c(Direction::Up),
             committed_down_w: c(Direction::Down),
             strategy: None,

@@ -1,37 +1,34 @@
 //! # vpp-actors: the live hierarchy
 //!
-//! Every node of the hierarchy is a [ractor] actor. The tree of actors mirrors
-//! the tree of the hierarchy and is also the supervision tree:
+//! Every node of the hierarchy is an actor. Virtual DERs and sites are
+//! [ractor] actors; each site hosts the DER actors of its DERs (see
+//! `der.rs` for why). The tree of actors mirrors the hierarchy and is also
+//! the supervision tree:
 //!
 //! ```text
 //!   FleetSupervisor
 //!    └─ VirtualDerActor "vpp"            (root: the whole fleet)
 //!        ├─ VirtualDerActor "north"      (any depth of virtual DERs)
-//!        │   └─ SiteActor "site-001"
-//!        │       ├─ DerActor "site-001-bat"
-//!        │       └─ DerActor "site-001-pv"
+//!        │   └─ SiteActor "site-001"     hosts and supervises:
+//!        │        [DerActor "site-001-bat", DerActor "site-001-pv"]
 //!        └─ SiteActor "site-002" …
 //! ```
 //!
 //! Two flows run through it:
 //!
-//! - **Roll-up** (up, casts): a DER recomputes its [`FlexEnvelope`] when its
-//!   state changes and sends it to its parent. A parent keeps a running sum
-//!   (`sum - old + new`, exact integer math from `vpp_domain::flex`) and
-//!   reports upward at most once per `rollup_interval` (one interval after
-//!   the first change of a window), so a burst of a million leaf changes
-//!   becomes one message per aggregate per interval at every level above the
-//!   DERs.
+//! - **Roll-up** (up): a DER actor recomputes its [`FlexEnvelope`] when its
+//!   state changes; its site folds it into a running sum (`sum - old + new`,
+//!   exact integer math from `vpp_domain::flex`) and reports upward after
+//!   each message it handles. Virtual DERs report at most once per
+//!   `rollup_interval` (one interval after the first change of a window), so
+//!   a burst of a million leaf changes becomes one message per site and one
+//!   per virtual DER per interval above.
 //! - **Dispatch** (down, calls): an order sent to any aggregate is split with
 //!   its strategy (`vpp_domain::split`) among its children's *uncommitted*
 //!   capacity; each child answers with what it accepted. Shortfalls from
 //!   refusing, failing or silent children are re-split among the others
-//!   (closed loop) until placed or no room is left. Every node records a
+//!   (closed loop) until placed or no room is left. Every aggregate records a
 //!   `NodeAllocation`; every DER ends with a `Setpoint`.
-//!
-//! DER and site actors are never named or registered: only aggregates will ever
-//! be reachable from other nodes of a cluster (ractor_cluster announces every
-//! remote-capable actor to every peer).
 //!
 //! Persistence is write-behind through a [`Journal`]: actors never wait on disk.
 //! What must be durable before a caller is told "yes" (imported hierarchy,

@@ -10,22 +10,6 @@ use vpp_domain::{
     Setpoint, Strategy,
 };
 
-/// A handle on a child of an aggregate: a DER, or another aggregate.
-#[derive(Clone)]
-pub(crate) enum ChildRef {
-    Der(ActorRef<DerMsg>),
-    Aggregate(ActorRef<AggregateMsg>),
-}
-
-impl ChildRef {
-    pub(crate) fn cell(&self) -> ractor::ActorCell {
-        match self {
-            ChildRef::Der(a) => a.get_cell(),
-            ChildRef::Aggregate(a) => a.get_cell(),
-        }
-    }
-}
-
 /// A share of an order sent to a child. `share_w` is the child's *total*
 /// share of the order, not an increment: sending the same share twice is a
 /// no-op, and a larger share tops the child up. That keeps retries safe.
@@ -62,16 +46,8 @@ pub enum StateRejected {
     },
 }
 
-/// Messages to a DER actor.
-pub(crate) enum DerMsg {
-    SetState(DerState, Option<RpcReplyPort<Result<(), StateRejected>>>),
-    View(RpcReplyPort<NodeView>),
-    Refresh(RpcReplyPort<FlexEnvelope>),
-    Dispatch(DispatchShare, RpcReplyPort<DispatchOutcome>),
-    Cancel(DispatchId, Option<RpcReplyPort<()>>),
-}
-
-/// Messages to a site or virtual-DER actor.
+/// Messages to a site or virtual-DER actor. The `Der*` messages are for
+/// the DER actors a site hosts, by their index in the site.
 pub(crate) enum AggregateMsg {
     /// A child's new envelope (index in the parent's child table).
     ChildReport {
@@ -80,14 +56,28 @@ pub(crate) enum AggregateMsg {
     },
     /// Time to report upward what has accumulated.
     Flush,
-    /// The children's handles, in the order of the spawn arguments.
-    Attach(Vec<ChildRef>),
+    /// The children's handles, in the order of the spawn arguments
+    /// (virtual DERs; a site's children are hosted).
+    Attach(Vec<ActorRef<AggregateMsg>>),
     View(RpcReplyPort<NodeView>),
     Refresh(RpcReplyPort<FlexEnvelope>),
     Dispatch(DispatchShare, RpcReplyPort<DispatchOutcome>),
     Cancel(DispatchId, Option<RpcReplyPort<()>>),
     /// Which allocation this node holds for an order.
     Allocation(DispatchId, RpcReplyPort<Option<NodeAllocation>>),
+    /// A new state for one hosted DER.
+    DerState(
+        u32,
+        DerState,
+        Option<RpcReplyPort<Result<(), StateRejected>>>,
+    ),
+    /// New states for several hosted DERs (telemetry batches).
+    DerStates(Vec<(u32, DerState)>),
+    /// What a hosted DER says about itself.
+    DerView(u32, RpcReplyPort<Option<NodeView>>),
+    /// Makes hosted DER `idx` panic inside its handler (tests of supervision).
+    #[cfg(test)]
+    PanicDer(u32, RpcReplyPort<Result<(), String>>),
 }
 
 /// One child as seen from its parent.

@@ -70,7 +70,7 @@ fn sigkill_right_after_acks_loses_nothing() {
         None,
     );
     assert_eq!(cap["committed_up_kw"], 12.5, "{cap}");
-    assert_eq!(cap["envelope"]["total"]["total"], 18, "{cap}");
+    assert_eq!(cap["envelope"]["total"]["total"], 9, "{cap}");
 }
 
 #[test]

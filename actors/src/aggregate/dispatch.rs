@@ -2,18 +2,20 @@
 
 use std::sync::Arc;
 
+use ractor::ActorRef;
+
 use tokio::time::Instant;
 use vpp_domain::split::{resplit, Candidate};
 use vpp_domain::{DispatchId, DispatchOrder, NodeAllocation, Refusal};
 
 use super::{Aggregate, Alloc};
-use crate::messages::{settle, AggregateMsg, ChildRef, DerMsg, DispatchOutcome, DispatchShare};
+use crate::messages::{settle, AggregateMsg, DispatchOutcome, DispatchShare};
 use crate::metrics::Metrics;
 use crate::now_ms;
 
-/// Asks one child to hold `share_w` of `order`, answering by `deadline`.
+/// Asks one child actor to hold `share_w` of `order`, answering by `deadline`.
 async fn ask(
-    child: Option<ChildRef>,
+    child: Option<ActorRef<AggregateMsg>>,
     order: Arc<DispatchOrder>,
     share_w: u64,
     deadline: Instant,
@@ -29,11 +31,7 @@ async fn ask(
         deadline: inner,
     };
     match child {
-        Some(ChildRef::Der(a)) => settle(
-            a.call(|rp| DerMsg::Dispatch(share, rp), Some(timeout))
-                .await,
-        ),
-        Some(ChildRef::Aggregate(a)) => settle(
+        Some(a) => settle(
             a.call(|rp| AggregateMsg::Dispatch(share, rp), Some(timeout))
                 .await,
         ),
@@ -44,7 +42,11 @@ async fn ask(
 impl Aggregate {
     /// Places `share.share_w` of the order on the children (total, not
     /// increment; see [`DispatchShare`]).
-    pub(crate) async fn dispatch(&mut self, share: DispatchShare) -> DispatchOutcome {
+    pub(crate) async fn dispatch(
+        &mut self,
+        myself: &ActorRef<AggregateMsg>,
+        share: DispatchShare,
+    ) -> DispatchOutcome {
         let order = share.order.clone();
         let span = tracing::debug_span!("dispatch", node = %self.id, order = %order.id, share_w = share.share_w);
         let _g = span.enter();
@@ -54,7 +56,7 @@ impl Aggregate {
         // A smaller share than already placed: start over for this order.
         if let Some(a) = self.allocs.get(&order.id) {
             if share.share_w < a.shares.iter().sum::<u64>() {
-                self.cancel(&order.id).await;
+                self.cancel(myself, &order.id).await;
             }
         }
         let dir = order.direction;
@@ -105,15 +107,30 @@ impl Aggregate {
             if rounds > 0 {
                 Metrics::inc(&self.ctx.metrics.resplits);
             }
-            let futs = asks.iter().map(|&i| {
-                ask(
-                    self.children[i].actor.clone(),
-                    order.clone(),
-                    alloc.shares[i] + extra.allocations[i],
-                    share.deadline,
-                )
-            });
-            let answers = futures::future::join_all(futs).await;
+            let answers: Vec<Result<DispatchOutcome, String>> = if self.ders.is_empty() {
+                let futs = asks.iter().map(|&i| {
+                    ask(
+                        self.children[i].actor.clone(),
+                        order.clone(),
+                        alloc.shares[i] + extra.allocations[i],
+                        share.deadline,
+                    )
+                });
+                futures::future::join_all(futs).await
+            } else {
+                // Hosted DER actors answer at once.
+                let now = now_ms();
+                let mut out = Vec::with_capacity(asks.len());
+                for &i in &asks {
+                    let want = alloc.shares[i] + extra.allocations[i];
+                    let env = self.children[i].env.clone();
+                    out.push(self.with_der(myself, i, |d, ctx| {
+                        d.expire(now, ctx);
+                        d.dispatch(&order, want, &env, ctx)
+                    }));
+                }
+                out
+            };
             let now = now_ms();
             for (&i, answer) in asks.iter().zip(answers) {
                 let asked = alloc.shares[i] + extra.allocations[i];
@@ -144,7 +161,7 @@ impl Aggregate {
                         });
                         // It may still act on the share later; withdraw it.
                         if let Some(actor) = &child.actor {
-                            cancel_cast(actor, &order.id);
+                            let _ = actor.cast(AggregateMsg::Cancel(order.id.clone(), None));
                         }
                         alloc.shares[i] = 0;
                         alloc.outcomes[i] = None;
@@ -199,43 +216,31 @@ impl Aggregate {
     }
 
     /// Withdraws an order from this node and every child that holds a share.
-    pub(crate) async fn cancel(&mut self, id: &DispatchId) {
+    pub(crate) async fn cancel(&mut self, myself: &ActorRef<AggregateMsg>, id: &DispatchId) {
         let Some(alloc) = self.allocs.remove(id) else {
             return;
         };
+        let holders: Vec<usize> = (0..alloc.shares.len())
+            .filter(|&i| alloc.shares[i] > 0)
+            .collect();
+        if !self.ders.is_empty() {
+            for i in holders {
+                let _ = self.with_der(myself, i, |d, ctx| d.cancel(id, ctx));
+            }
+            return;
+        }
         let timeout = self.ctx.config.dispatch_timeout;
-        let futs = self
-            .children
-            .iter()
-            .zip(&alloc.shares)
-            .filter(|(_, w)| **w > 0)
-            .filter_map(|(c, _)| c.actor.clone())
-            .map(|actor| {
+        let futs = holders
+            .into_iter()
+            .filter_map(|i| self.children[i].actor.clone())
+            .map(|a| {
                 let id = id.clone();
                 async move {
-                    match actor {
-                        ChildRef::Der(a) => {
-                            let _ = a
-                                .call(|rp| DerMsg::Cancel(id, Some(rp)), Some(timeout))
-                                .await;
-                        }
-                        ChildRef::Aggregate(a) => {
-                            let _ = a
-                                .call(|rp| AggregateMsg::Cancel(id, Some(rp)), Some(timeout))
-                                .await;
-                        }
-                    }
+                    let _ = a
+                        .call(|rp| AggregateMsg::Cancel(id, Some(rp)), Some(timeout))
+                        .await;
                 }
             });
         futures::future::join_all(futs).await;
     }
-}
-
-fn cancel_cast(actor: &ChildRef, id: &DispatchId) {
-    let _ = match actor {
-        ChildRef::Der(a) => a.cast(DerMsg::Cancel(id.clone(), None)).map_err(|_| ()),
-        ChildRef::Aggregate(a) => a
-            .cast(AggregateMsg::Cancel(id.clone(), None))
-            .map_err(|_| ()),
-    };
 }
