@@ -170,77 +170,51 @@ fn start(a: AggregateArgs) -> Aggregate {
     }
 }
 
-impl Actor for SiteActor {
-    type Msg = AggregateMsg;
-    type State = Aggregate;
-    type Arguments = AggregateArgs;
+/// Both aggregate actors run the same handlers; only their names (in logs
+/// and the supervision tree) and their children differ.
+macro_rules! aggregate_actor {
+    ($actor:ty) => {
+        impl Actor for $actor {
+            type Msg = AggregateMsg;
+            type State = Aggregate;
+            type Arguments = AggregateArgs;
 
-    async fn pre_start(
-        &self,
-        _: ActorRef<AggregateMsg>,
-        a: AggregateArgs,
-    ) -> Result<Aggregate, ActorProcessingErr> {
-        Ok(start(a))
-    }
+            async fn pre_start(
+                &self,
+                _: ActorRef<AggregateMsg>,
+                a: AggregateArgs,
+            ) -> Result<Aggregate, ActorProcessingErr> {
+                Ok(start(a))
+            }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<AggregateMsg>,
-        msg: AggregateMsg,
-        agg: &mut Aggregate,
-    ) -> Result<(), ActorProcessingErr> {
-        agg.handle(myself, msg).await;
-        Ok(())
-    }
+            async fn handle(
+                &self,
+                myself: ActorRef<AggregateMsg>,
+                msg: AggregateMsg,
+                agg: &mut Aggregate,
+            ) -> Result<(), ActorProcessingErr> {
+                agg.handle(myself, msg).await;
+                Ok(())
+            }
 
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<AggregateMsg>,
-        evt: SupervisionEvent,
-        agg: &mut Aggregate,
-    ) -> Result<(), ActorProcessingErr> {
-        // A site links no child actors (its DERs are hosted); nothing to do
-        // beyond the bookkeeping shared with virtual DERs.
-        agg.child_down(&myself, evt);
-        Ok(())
-    }
+            /// A failed child actor takes its subtree with it; it stays out of
+            /// the envelope until the hierarchy is reloaded. (Sites link no
+            /// child actors: their DERs are hosted and supervised in place.)
+            async fn handle_supervisor_evt(
+                &self,
+                myself: ActorRef<AggregateMsg>,
+                evt: SupervisionEvent,
+                agg: &mut Aggregate,
+            ) -> Result<(), ActorProcessingErr> {
+                agg.child_down(&myself, evt);
+                Ok(())
+            }
+        }
+    };
 }
 
-impl Actor for VirtualDerActor {
-    type Msg = AggregateMsg;
-    type State = Aggregate;
-    type Arguments = AggregateArgs;
-
-    async fn pre_start(
-        &self,
-        _: ActorRef<AggregateMsg>,
-        a: AggregateArgs,
-    ) -> Result<Aggregate, ActorProcessingErr> {
-        Ok(start(a))
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<AggregateMsg>,
-        msg: AggregateMsg,
-        agg: &mut Aggregate,
-    ) -> Result<(), ActorProcessingErr> {
-        agg.handle(myself, msg).await;
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<AggregateMsg>,
-        evt: SupervisionEvent,
-        agg: &mut Aggregate,
-    ) -> Result<(), ActorProcessingErr> {
-        // A failed site or virtual DER takes its subtree with it; it stays out
-        // of the envelope until the hierarchy is reloaded.
-        agg.child_down(&myself, evt);
-        Ok(())
-    }
-}
+aggregate_actor!(SiteActor);
+aggregate_actor!(VirtualDerActor);
 
 impl Aggregate {
     async fn handle(&mut self, myself: ActorRef<AggregateMsg>, msg: AggregateMsg) {

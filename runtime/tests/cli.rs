@@ -164,6 +164,16 @@ fn commands_find_the_running_node_through_the_data_dir() {
 }
 
 #[test]
+fn shipped_examples_validate() {
+    for (file, ders) in [("small.toml", "18 DERs"), ("large.toml", "4000 DERs")] {
+        let path = repo().join("examples").join(file);
+        let out = vpp(&["hierarchy", "validate", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{file}: {}", s(&out.stderr));
+        assert!(s(&out.stdout).contains(ders), "{file}: {}", s(&out.stdout));
+    }
+}
+
+#[test]
 fn config_default_prints_a_valid_config() {
     let out = vpp(&["config", "default"]);
     assert!(out.status.success());

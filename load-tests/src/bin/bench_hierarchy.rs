@@ -78,43 +78,20 @@ enum JournalKind {
     Null,
 }
 
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
+use vpp_load_tests::{machine, rss_bytes};
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .next()
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
-        })
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb / 1024 / 1024)
-        .unwrap_or(0);
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!("{cores} cores ({cpu}), {mem} GiB RAM")
+/// Waits for the write-behind to apply and fsync everything queued so far,
+/// so the next phase is measured on a quiet system; prints how long it took.
+async fn drain(wb: &WriteBehind) -> Result<()> {
+    let t = Instant::now();
+    let h = wb.handle();
+    tokio::task::spawn_blocking(move || h.flush_blocking()).await??;
+    row(
+        "  then write-behind drained + fsynced",
+        format!("{:.2} s", t.elapsed().as_secs_f64()),
+        "",
+    );
+    Ok(())
 }
 
 fn mb(b: u64) -> f64 {
@@ -334,14 +311,7 @@ async fn run(args: Args) -> Result<()> {
         format!("{:.3} s", wave.as_secs_f64()),
         "<= 1 s",
     );
-    let t = Instant::now();
-    let h = wb.handle();
-    tokio::task::spawn_blocking(move || h.flush_blocking()).await??;
-    row(
-        "  then write-behind drained + fsynced",
-        format!("{:.2} s", t.elapsed().as_secs_f64()),
-        "",
-    );
+    drain(&wb).await?;
 
     // One dispatch at the root, split down to every DER.
     let up = want.available_w(Direction::Up);
@@ -371,14 +341,7 @@ async fn run(args: Args) -> Result<()> {
         format!("{:.3} s", split_time.as_secs_f64()),
         "<= 1 s",
     );
-    let t = Instant::now();
-    let h = wb.handle();
-    tokio::task::spawn_blocking(move || h.flush_blocking()).await??;
-    row(
-        "  then write-behind drained + fsynced",
-        format!("{:.2} s", t.elapsed().as_secs_f64()),
-        "",
-    );
+    drain(&wb).await?;
     row(
         "  DERs holding a setpoint / shortfall",
         format!(
