@@ -258,49 +258,54 @@ async fn dispatch_reaches_every_leaf_with_the_expected_split() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusing_childs_share_is_resplit() {
     let h = hierarchy(Strategy::ProRata);
-    // Roll-up so slow that the district never hears that a site went dark:
-    // the district will give it a share, the site will refuse it.
+    // Virtual DERs coalesce for an hour, so the region never hears that a
+    // whole district went dark: it gives the district a share, and the
+    // district (which knows its sites have nothing) refuses it.
     let fleet = start(h.clone(), Duration::from_secs(3600)).await;
-    let dark = "r0d0s1";
-    for k in 0..3u64 {
-        let mut st = DerState::nominal(&DerRating::new(DerKind::CurtailableLoad, 10_000, 0));
-        st.online = false;
-        st.seq = 1;
-        fleet
-            .set_state(&id(&format!("{dark}l{k}")), st)
-            .await
-            .unwrap();
+    let dark = "r0d0";
+    for site in 0..3 {
+        for k in 0..3u64 {
+            let mut st = DerState::nominal(&DerRating::new(DerKind::CurtailableLoad, 10_000, 0));
+            st.online = false;
+            st.seq = 1;
+            let der = id(&format!("{dark}s{site}l{k}"));
+            fleet.set_state(&der, st).await.unwrap();
+        }
     }
-    let district_view = fleet.view(&id("r0d0")).await.unwrap();
-    let believed: u64 = district_view.envelope.available_w(Direction::Up);
-    // Half of what the district believes it has: pro rata gives each of the
-    // three sites a sixth of `believed`; the dark one refuses, and the two live
-    // ones have exactly that much room left, so everything is still placed.
-    let power = believed / 2;
-    let out = fleet
-        .dispatch(order("o-refuse", "r0d0", power))
-        .await
-        .unwrap();
     assert_eq!(
-        out.accepted_w, power,
-        "the dark site's share went to the others"
+        fleet.view(&id(dark)).await.unwrap().envelope.available_w(Direction::Up),
+        0,
+        "the district itself is current"
     );
+    let believed = fleet
+        .view(&id("r0"))
+        .await
+        .unwrap()
+        .envelope
+        .available_w(Direction::Up);
+    // Half of what the region believes: pro rata asks each district for a
+    // quarter; the dark one refuses, and the live one has exactly that much
+    // room left, so everything is still placed.
+    let power = believed / 2;
+    let out = fleet.dispatch(order("o-refuse", "r0", power)).await.unwrap();
+    assert_eq!(out.accepted_w, power, "the dark district's share went to the other");
     assert!(out.resplits >= 1);
 
     let a = fleet
-        .allocation(&DispatchId::new("o-refuse").unwrap(), &id("r0d0"))
+        .allocation(&DispatchId::new("o-refuse").unwrap(), &id("r0"))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(a.refusals.len(), 1);
     assert_eq!(a.refusals[0].child, id(dark));
-    assert!(a.refusals[0].refused_w > 0);
+    assert_eq!(a.refusals[0].refused_w, power / 2);
     assert!(a.resplits >= 1);
-    assert!(a.children.iter().all(|(c, _)| c.as_str() != dark));
-    assert_eq!(a.children.iter().map(|(_, w)| w).sum::<u64>(), power);
-    for k in 0..3 {
-        let v = fleet.view(&id(&format!("{dark}l{k}"))).await.unwrap();
-        assert!(v.setpoints.is_empty());
+    assert_eq!(a.children, vec![(id("r0d1"), power)]);
+    for site in 0..3 {
+        for k in 0..3 {
+            let v = fleet.view(&id(&format!("{dark}s{site}l{k}"))).await.unwrap();
+            assert!(v.setpoints.is_empty());
+        }
     }
     fleet.stop().await;
 }

@@ -259,7 +259,12 @@ fn alloc_lines(o: &mut String, a: &Value, prefix: &str) {
     }
     if let Some(n) = a["children_with_share"].as_u64() {
         if n as usize > shown && shown == 0 {
-            let _ = writeln!(o, "{prefix}  … {n} children hold a share");
+            let (noun, verb) = if n == 1 {
+                ("child", "holds")
+            } else {
+                ("children", "hold")
+            };
+            let _ = writeln!(o, "{prefix}  … {n} {noun} {verb} a share");
         }
     }
 }
