@@ -273,7 +273,12 @@ async fn refusing_childs_share_is_resplit() {
         }
     }
     assert_eq!(
-        fleet.view(&id(dark)).await.unwrap().envelope.available_w(Direction::Up),
+        fleet
+            .view(&id(dark))
+            .await
+            .unwrap()
+            .envelope
+            .available_w(Direction::Up),
         0,
         "the district itself is current"
     );
@@ -287,8 +292,14 @@ async fn refusing_childs_share_is_resplit() {
     // quarter; the dark one refuses, and the live one has exactly that much
     // room left, so everything is still placed.
     let power = believed / 2;
-    let out = fleet.dispatch(order("o-refuse", "r0", power)).await.unwrap();
-    assert_eq!(out.accepted_w, power, "the dark district's share went to the other");
+    let out = fleet
+        .dispatch(order("o-refuse", "r0", power))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.accepted_w, power,
+        "the dark district's share went to the other"
+    );
     assert!(out.resplits >= 1);
 
     let a = fleet
@@ -303,7 +314,10 @@ async fn refusing_childs_share_is_resplit() {
     assert_eq!(a.children, vec![(id("r0d1"), power)]);
     for site in 0..3 {
         for k in 0..3 {
-            let v = fleet.view(&id(&format!("{dark}s{site}l{k}"))).await.unwrap();
+            let v = fleet
+                .view(&id(&format!("{dark}s{site}l{k}")))
+                .await
+                .unwrap();
             assert!(v.setpoints.is_empty());
         }
     }
