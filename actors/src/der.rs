@@ -89,12 +89,13 @@ impl DerActor {
             .sum()
     }
 
-    /// Takes up to `share_w` of `order` (its total share, not an increment).
+    /// Takes up to `share_w` of `order` (its total share, not an increment),
+    /// given what its envelope offers in the order's direction.
     pub(crate) fn dispatch(
         &mut self,
         order: &DispatchOrder,
         share_w: u64,
-        env: &FlexEnvelope,
+        available_w: u64,
         ctx: &FleetCtx,
     ) -> DispatchOutcome {
         let dir = order.direction;
@@ -104,9 +105,7 @@ impl DerActor {
         } else if !self.state.accepts_control {
             (0, Some("owner has taken local control".to_string()))
         } else {
-            let room = env
-                .available_w(dir)
-                .saturating_sub(self.committed(dir, &order.id));
+            let room = available_w.saturating_sub(self.committed(dir, &order.id));
             (room, None)
         };
         let accepted = share_w.min(room);

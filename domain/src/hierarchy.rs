@@ -14,7 +14,7 @@
 //! sane. Validation reports every problem it finds (up to a limit), each naming
 //! the id, so a file with several mistakes is fixed in one round.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -332,7 +332,10 @@ impl Hierarchy {
     }
 
     /// Removes `ids` (all kinds). Returns how many were removed.
-    pub fn remove(&mut self, ids: &HashSet<NodeId>) -> usize {
+    pub fn remove<S: std::hash::BuildHasher>(
+        &mut self,
+        ids: &std::collections::HashSet<NodeId, S>,
+    ) -> usize {
         let before = self.len();
         self.virtual_ders.retain(|v| !ids.contains(&v.id));
         self.sites.retain(|s| !ids.contains(&s.id));
@@ -345,8 +348,9 @@ impl Hierarchy {
     /// [`MAX_REPORTED_ERRORS`]).
     pub fn validate(&self) -> Result<Topology, Vec<HierarchyError>> {
         let mut errs = Errors(Vec::new());
-        let mut kinds: HashMap<NodeId, NodeKind> = HashMap::with_capacity(self.len());
-        let mut seen_dup = HashSet::new();
+        let mut kinds: HashMap<NodeId, NodeKind> =
+            HashMap::with_capacity_and_hasher(self.len(), Default::default());
+        let mut seen_dup = HashSet::default();
         let mut note = |id: &NodeId, k: NodeKind, errs: &mut Errors| {
             if kinds.insert(id.clone(), k).is_some() && seen_dup.insert(id.clone()) {
                 errs.push(HierarchyError::DuplicateId { id: id.clone() });
@@ -443,10 +447,10 @@ impl Hierarchy {
             .iter()
             .map(|v| (&v.id, v.parent.as_ref()))
             .collect();
-        let mut done: HashSet<&NodeId> = HashSet::new();
+        let mut done: HashSet<&NodeId> = HashSet::default();
         for v in &self.virtual_ders {
             let mut path: Vec<&NodeId> = Vec::new();
-            let mut on_path: HashSet<&NodeId> = HashSet::new();
+            let mut on_path: HashSet<&NodeId> = HashSet::default();
             let mut cur = Some(&v.id);
             while let Some(c) = cur {
                 if done.contains(c) {
@@ -472,7 +476,7 @@ impl Hierarchy {
             return Err(errs.0);
         }
 
-        let mut children: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+        let mut children: HashMap<NodeId, Vec<NodeId>> = HashMap::default();
         for v in &self.virtual_ders {
             if let Some(p) = &v.parent {
                 children.entry(p.clone()).or_default().push(v.id.clone());

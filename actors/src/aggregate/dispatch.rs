@@ -123,10 +123,10 @@ impl Aggregate {
                 let mut out = Vec::with_capacity(asks.len());
                 for &i in &asks {
                     let want = alloc.shares[i] + extra.allocations[i];
-                    let env = self.children[i].env.clone();
+                    let available = self.children[i].env.available_w(order.direction);
                     out.push(self.with_der(myself, i, |d, ctx| {
                         d.expire(now, ctx);
-                        d.dispatch(&order, want, &env, ctx)
+                        d.dispatch(&order, want, available, ctx)
                     }));
                 }
                 out
