@@ -455,7 +455,10 @@ impl Node {
     }
 
     /// The allocation tree of an order from its target, `depth` levels down
-    /// (1 = the target alone).
+    /// (1 = the target alone), expanded breadth-first and at most
+    /// [`MAX_TREE_NODES`] nodes in all, so a deep request on a big fleet stays
+    /// a bounded answer (unexpanded nodes still say how many children hold a
+    /// share).
     pub async fn allocation_tree(
         &self,
         id: &DispatchId,
@@ -469,39 +472,61 @@ impl Node {
             .await?
             .map(|a| a.allocated_w)
             .unwrap_or(0);
-        Ok(Box::pin(tree(&fleet, id, target, top, depth.max(1))).await)
+        // Breadth-first into an arena, then assembled.
+        let mut arena: Vec<(Option<AllocationTree>, Vec<usize>)> = Vec::new();
+        let mut queue = std::collections::VecDeque::from([(target, top, 1usize, None::<usize>)]);
+        while let Some((node, allocated_w, level, parent)) = queue.pop_front() {
+            let kind = fleet.node(&node).map(|(k, _)| k).unwrap_or(NodeKind::Der);
+            let allocation = if kind == NodeKind::Der {
+                None
+            } else {
+                fleet.allocation(id, &node).await.ok().flatten()
+            };
+            let me = arena.len();
+            if let Some(a) = &allocation {
+                if level < depth.max(1) {
+                    for (c, w) in &a.children {
+                        if arena.len() + queue.len() >= MAX_TREE_NODES {
+                            break;
+                        }
+                        queue.push_back((c.clone(), *w, level + 1, Some(me)));
+                    }
+                }
+            }
+            arena.push((
+                Some(AllocationTree {
+                    node,
+                    kind,
+                    allocated_w,
+                    allocation,
+                    children: Vec::new(),
+                }),
+                Vec::new(),
+            ));
+            if let Some(p) = parent {
+                arena[p].1.push(me);
+            }
+        }
+        // Children always come after their parent: assemble from the back.
+        let mut built: Vec<Option<AllocationTree>> = arena.iter().map(|_| None).collect();
+        for i in (0..arena.len()).rev() {
+            let kids: Vec<AllocationTree> =
+                arena[i].1.iter().filter_map(|&k| built[k].take()).collect();
+            if let Some(mut t) = arena[i].0.take() {
+                t.children = kids;
+                built[i] = Some(t);
+            }
+        }
+        built
+            .into_iter()
+            .next()
+            .flatten()
+            .ok_or_else(|| NodeError::UnknownDispatch(id.clone()))
     }
 }
 
-async fn tree(
-    fleet: &Fleet,
-    id: &DispatchId,
-    node: NodeId,
-    allocated_w: u64,
-    depth: usize,
-) -> AllocationTree {
-    let kind = fleet.node(&node).map(|(k, _)| k).unwrap_or(NodeKind::Der);
-    let allocation = if kind == NodeKind::Der {
-        None
-    } else {
-        fleet.allocation(id, &node).await.ok().flatten()
-    };
-    let mut children = Vec::new();
-    if depth > 1 {
-        if let Some(a) = &allocation {
-            for (c, w) in &a.children {
-                children.push(Box::pin(tree(fleet, id, c.clone(), *w, depth - 1)).await);
-            }
-        }
-    }
-    AllocationTree {
-        node,
-        kind,
-        allocated_w,
-        allocation,
-        children,
-    }
-}
+/// Most nodes one allocation-tree answer expands.
+pub const MAX_TREE_NODES: usize = 2_000;
 
 impl Node {
     /// Stops the actors and flushes everything written behind.

@@ -377,3 +377,43 @@ fn bad_dispatch_bodies_get_clear_errors_and_store_nothing() {
     assert_eq!(s, 404, "{v}");
     assert_eq!(v["error"]["code"], "not_found");
 }
+
+#[test]
+fn deep_allocation_trees_are_bounded() {
+    let n = TestNode::start();
+    let large = std::fs::read(repo().join("examples/large.toml")).unwrap();
+    let (s, v) = request(
+        "PUT",
+        &format!("{}/api/v1/hierarchy", n.url),
+        Some(("application/toml", large)),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = post_json(
+        &n,
+        "/api/v1/dispatches",
+        r#"{"id":"big","target":"vpp","direction":"up","power_kw":500,"duration_s":600}"#,
+    );
+    assert_eq!(s, 202, "{v}");
+    let done = eventually(30, || {
+        let (_, v) = get(&n, "/api/v1/dispatches/big?depth=10");
+        (v["dispatch"]["status"] == "allocated").then_some(v)
+    });
+    fn count(a: &Value) -> usize {
+        1 + a["children"]
+            .as_array()
+            .map(|c| c.iter().map(count).sum())
+            .unwrap_or(0)
+    }
+    let nodes = count(&done["allocation"]);
+    assert!(
+        nodes <= vpp_runtime::node::MAX_TREE_NODES,
+        "{nodes} nodes in one answer"
+    );
+    assert!(nodes > 100, "the tree is expanded: {nodes}");
+    assert_eq!(done["allocation"]["allocated_kw"], 500.0);
+    // Breadth-first: every region is shown even though the budget ran out.
+    assert_eq!(
+        done["allocation"]["children"].as_array().unwrap().len() as u64,
+        done["allocation"]["children_with_share"].as_u64().unwrap()
+    );
+}
