@@ -106,6 +106,9 @@ pub(crate) struct Aggregate {
     pub(crate) children: Vec<Child>,
     /// Hosted DER actors (sites only), index = child index.
     pub(crate) ders: Vec<DerActor>,
+    /// A hosted DER changed state or setpoints since the site record was
+    /// last queued for persistence.
+    pub(crate) ders_dirty: bool,
     by_actor: HashMap<ActorId, usize>,
     pub(crate) sum: FlexEnvelope,
     reported: FlexEnvelope,
@@ -160,6 +163,7 @@ fn start(a: AggregateArgs) -> Aggregate {
         parent: a.parent,
         children,
         ders: a.ders,
+        ders_dirty: false,
         by_actor: HashMap::new(),
         reported: sum.clone(),
         sum,
@@ -218,6 +222,20 @@ aggregate_actor!(VirtualDerActor);
 
 impl Aggregate {
     async fn handle(&mut self, myself: ActorRef<AggregateMsg>, msg: AggregateMsg) {
+        self.handle_msg(myself, msg).await;
+        if self.ders_dirty {
+            self.persist_ders();
+        }
+    }
+
+    /// Queues one record with every hosted DER's state and setpoints.
+    fn persist_ders(&mut self) {
+        self.ders_dirty = false;
+        let records = self.ders.iter().map(DerActor::record).collect();
+        self.ctx.journal.site_ders(&self.id, records);
+    }
+
+    async fn handle_msg(&mut self, myself: ActorRef<AggregateMsg>, msg: AggregateMsg) {
         match msg {
             AggregateMsg::ChildReport { idx, env } => {
                 let Some(c) = self.children.get_mut(idx as usize) else {
@@ -260,8 +278,11 @@ impl Aggregate {
             AggregateMsg::DerView(idx, reply) => {
                 let now = now_ms();
                 let idx = idx as usize;
-                let view = match self.with_der(&myself, idx, |d, ctx| d.expire(now, ctx)) {
-                    Ok(()) => self.ders.get(idx).map(|d| d.view(&self.children[idx].env)),
+                let view = match self.with_der(&myself, idx, |d, _| d.expire(now)) {
+                    Ok(expired) => {
+                        self.ders_dirty |= expired;
+                        self.ders.get(idx).map(|d| d.view(&self.children[idx].env))
+                    }
                     Err(_) => None,
                 };
                 let _ = reply.send(view);
@@ -465,8 +486,7 @@ impl Aggregate {
         Metrics::inc(&self.ctx.metrics.actor_failures);
         let spec = self.ders[idx].spec().clone();
         tracing::warn!(node = %self.id, der = %spec.id, reason = %why, "der actor failed; restarting");
-        let state = self.ctx.last_state(&spec);
-        let setpoints = self.ctx.last_setpoints(&spec.id);
+        let (state, setpoints) = self.ctx.last_record(&self.id, &spec);
         let der = DerActor::new(spec, state, setpoints);
         let env = der.envelope();
         self.ders[idx] = der;
@@ -488,6 +508,7 @@ impl Aggregate {
             Ok(r) => r?,
             Err(_) => return Ok(()), // restarted; the failure is counted
         };
+        self.ders_dirty = true;
         let c = &mut self.children[idx];
         if env != c.env {
             self.sum.replace(&c.env, &env);

@@ -17,8 +17,8 @@ use ractor::{Actor, ActorCell, ActorRef};
 use rustc_hash::FxHashMap;
 use vpp_domain::flex::der_envelope;
 use vpp_domain::{
-    DerSpec, DerState, DispatchOrder, FlexEnvelope, Hierarchy, NodeAllocation, NodeId, NodeKind,
-    NodeSpec, Setpoint, SiteSpec, Topology, VirtualDerSpec,
+    DerSpec, DerState, DispatchId, DispatchOrder, FlexEnvelope, Hierarchy, NodeAllocation, NodeId,
+    NodeKind, NodeSpec, Setpoint, SiteSpec, Topology, VirtualDerSpec,
 };
 
 use crate::aggregate::{AggregateArgs, ChildSpec, SiteActor, VirtualDerActor};
@@ -61,23 +61,24 @@ impl FleetCtx {
         self.shutting_down.store(true, Ordering::Relaxed);
     }
 
-    /// The last persisted state of a DER, or "offline" when none is known.
-    pub(crate) fn last_state(&self, spec: &DerSpec) -> DerState {
-        self.store
+    /// The last persisted state and setpoints of a DER at `site`; "offline"
+    /// with no setpoints when none are known.
+    pub(crate) fn last_record(&self, site: &NodeId, spec: &DerSpec) -> (DerState, Vec<Setpoint>) {
+        let found = self
+            .store
             .as_ref()
-            .and_then(|s| s.der_state(&spec.id).ok().flatten())
-            .unwrap_or_else(|| DerState {
-                online: false,
-                ..DerState::nominal(&spec.rating)
-            })
-    }
-
-    /// The last persisted setpoints of a DER.
-    pub(crate) fn last_setpoints(&self, id: &NodeId) -> Vec<Setpoint> {
-        self.store
-            .as_ref()
-            .and_then(|s| s.setpoints(id).ok())
-            .unwrap_or_default()
+            .and_then(|s| s.site_ders(site).ok())
+            .and_then(|ders| ders.into_iter().find(|d| d.id == spec.id));
+        match found {
+            Some(r) => (r.state, r.setpoints),
+            None => (
+                DerState {
+                    online: false,
+                    ..DerState::nominal(&spec.rating)
+                },
+                Vec::new(),
+            ),
+        }
     }
 }
 
@@ -89,8 +90,51 @@ pub(crate) struct Snapshot {
     pub(crate) states: HashMap<NodeId, DerState>,
     /// Active setpoints per DER.
     pub(crate) setpoints: HashMap<NodeId, Vec<Setpoint>>,
-    /// Allocations of active orders, per aggregate.
+    /// Allocations of active orders, per virtual DER.
     pub(crate) allocations: HashMap<NodeId, Vec<(Arc<DispatchOrder>, NodeAllocation)>>,
+    /// Active orders, to rebuild sites' allocations from DER setpoints.
+    pub(crate) orders: HashMap<DispatchId, Arc<DispatchOrder>>,
+}
+
+/// A site's allocations of active orders, rebuilt from its DERs' setpoints
+/// (sites persist those, not their allocations).
+fn site_allocations(
+    site: &NodeId,
+    ders: &[DerActor],
+    orders: &HashMap<DispatchId, Arc<DispatchOrder>>,
+) -> Vec<(Arc<DispatchOrder>, NodeAllocation)> {
+    let mut by_order: Vec<(Arc<DispatchOrder>, NodeAllocation)> = Vec::new();
+    for d in ders {
+        for sp in &d.record().setpoints {
+            let Some(order) = orders.get(&sp.dispatch) else {
+                continue;
+            };
+            let pos = match by_order.iter().position(|(o, _)| o.id == sp.dispatch) {
+                Some(p) => p,
+                None => {
+                    by_order.push((
+                        order.clone(),
+                        NodeAllocation {
+                            dispatch: sp.dispatch.clone(),
+                            node: site.clone(),
+                            requested_w: 0,
+                            allocated_w: 0,
+                            shortfall_w: 0,
+                            children: Vec::new(),
+                            refusals: Vec::new(),
+                            resplits: 0,
+                        },
+                    ));
+                    by_order.len() - 1
+                }
+            };
+            let a = &mut by_order[pos].1;
+            a.requested_w += sp.power_w;
+            a.allocated_w += sp.power_w;
+            a.children.push((d.spec().id.clone(), sp.power_w));
+        }
+    }
+    by_order
 }
 
 enum Spec {
@@ -288,6 +332,7 @@ pub(crate) async fn build(
                 })
                 .collect();
             let mut ders = Vec::new();
+            let mut allocations = snap.allocations.remove(&s.id).unwrap_or_default();
             if is_site {
                 for c in f..f + n {
                     if let Spec::Der(d) = &slots[c].spec {
@@ -298,6 +343,7 @@ pub(crate) async fn build(
                         ders.push(DerActor::new(d.clone(), state, sp));
                     }
                 }
+                allocations = site_allocations(&s.id, &ders, &snap.orders);
             }
             let args = AggregateArgs {
                 id: s.id.clone(),
@@ -311,7 +357,7 @@ pub(crate) async fn build(
                 parent,
                 children,
                 ders,
-                allocations: snap.allocations.remove(&s.id).unwrap_or_default(),
+                allocations,
                 ctx: ctx.clone(),
             };
             items.push((idx, Item { args, is_site }, sup));

@@ -24,6 +24,7 @@ use vpp_domain::{
 };
 
 use crate::build::FleetCtx;
+use crate::journal::DerRecord;
 use crate::messages::{DispatchOutcome, NodeView, StateRejected};
 use crate::metrics::Metrics;
 
@@ -68,16 +69,22 @@ impl DerActor {
         }
         self.state = state;
         Metrics::inc(&ctx.metrics.states_applied);
-        ctx.journal.der_state(&self.spec.id, &self.state);
         Ok(self.envelope())
     }
 
-    /// Drops setpoints whose order has ended.
-    pub(crate) fn expire(&mut self, now: u64, ctx: &FleetCtx) {
+    /// Drops setpoints whose order has ended; true if any was dropped.
+    pub(crate) fn expire(&mut self, now: u64) -> bool {
         let before = self.setpoints.len();
         self.setpoints.retain(|s| s.end_ms > now);
-        if self.setpoints.len() != before {
-            ctx.journal.setpoints(&self.spec.id, &self.setpoints);
+        self.setpoints.len() != before
+    }
+
+    /// What is persisted of this DER (its site writes one record for all).
+    pub(crate) fn record(&self) -> DerRecord {
+        DerRecord {
+            id: self.spec.id.clone(),
+            state: self.state.clone(),
+            setpoints: self.setpoints.clone(),
         }
     }
 
@@ -139,7 +146,6 @@ impl DerActor {
             });
         }
         Metrics::inc(&ctx.metrics.dispatch_shares);
-        ctx.journal.setpoints(&self.spec.id, &self.setpoints);
         DispatchOutcome {
             accepted_w: accepted,
             ders: u64::from(accepted > 0),
@@ -148,13 +154,11 @@ impl DerActor {
         }
     }
 
-    /// Withdraws the setpoint of an order, if any.
-    pub(crate) fn cancel(&mut self, id: &DispatchId, ctx: &FleetCtx) {
+    /// Withdraws the setpoint of an order, if any; true if there was one.
+    pub(crate) fn cancel(&mut self, id: &DispatchId) -> bool {
         let before = self.setpoints.len();
         self.setpoints.retain(|s| &s.dispatch != id);
-        if before != self.setpoints.len() {
-            ctx.journal.setpoints(&self.spec.id, &self.setpoints);
-        }
+        before != self.setpoints.len()
     }
 
     pub(crate) fn view(&self, env: &FlexEnvelope) -> NodeView {

@@ -109,6 +109,7 @@ impl Fleet {
             states: HashMap::new(),
             setpoints: HashMap::new(),
             allocations: HashMap::new(),
+            orders: HashMap::new(),
         };
         Self::start_snapshot(snap, config, journal, metrics, None, |_, _| {}).await
     }
@@ -410,18 +411,17 @@ fn load_snapshot(store: &vpp_store::Store) -> Result<Snapshot, FleetError> {
             let topology = hierarchy.validate().map_err(FleetError::Invalid)?;
             Ok((hierarchy, topology))
         });
-        let states = s.spawn(|| store.load_der_states());
+        let states = s.spawn(|| store.load_site_ders());
         let journal = s.spawn(|| -> Result<_, FleetError> {
-            let mut setpoints = store.load_setpoints()?;
             let mut allocations: HashMap<NodeId, Vec<(Arc<DispatchOrder>, NodeAllocation)>> =
                 HashMap::new();
-            let mut active = std::collections::HashSet::new();
+            let mut orders = HashMap::new();
             for rec in store.list_dispatches(usize::MAX)? {
                 if rec.status == DispatchStatus::Cancelled || rec.order.end_ms() <= now {
                     continue;
                 }
-                active.insert(rec.order.id.clone());
                 let order = Arc::new(rec.order);
+                orders.insert(order.id.clone(), order.clone());
                 for a in store.allocations_of(&order.id)? {
                     allocations
                         .entry(a.node.clone())
@@ -429,14 +429,7 @@ fn load_snapshot(store: &vpp_store::Store) -> Result<Snapshot, FleetError> {
                         .push((order.clone(), a));
                 }
             }
-            // A setpoint whose order was cancelled (or has ended) may still
-            // be on disk if the process died before the withdrawal was
-            // written behind: the journal is the authority.
-            for sps in setpoints.values_mut() {
-                sps.retain(|s| active.contains(&s.dispatch) && s.end_ms > now);
-            }
-            setpoints.retain(|_, sps| !sps.is_empty());
-            Ok((setpoints, allocations))
+            Ok((allocations, orders))
         });
         let join = |e: Box<dyn std::any::Any + Send>| {
             FleetError::Start(format!("loading thread panicked: {e:?}"))
@@ -448,13 +441,29 @@ fn load_snapshot(store: &vpp_store::Store) -> Result<Snapshot, FleetError> {
         )
     });
     let (hierarchy, topology) = hier??;
-    let states = states??;
-    let (setpoints, allocations) = journal??;
+    let sites = states??;
+    let (allocations, orders) = journal??;
+    let mut states = HashMap::with_capacity(sites.len() * 4);
+    let mut setpoints = HashMap::new();
+    for (_, ders) in sites {
+        for mut d in ders {
+            // A setpoint whose order was cancelled (or has ended) may still be
+            // on disk if the process died before the withdrawal was written
+            // behind: the journal is the authority.
+            d.setpoints
+                .retain(|s| orders.contains_key(&s.dispatch) && s.end_ms > now);
+            if !d.setpoints.is_empty() {
+                setpoints.insert(d.id.clone(), d.setpoints);
+            }
+            states.insert(d.id, d.state);
+        }
+    }
     Ok(Snapshot {
         hierarchy,
         topology,
         states,
         setpoints,
         allocations,
+        orders,
     })
 }

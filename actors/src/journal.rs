@@ -1,15 +1,16 @@
 //! Where actors send what should be persisted, without waiting for it.
 
-use vpp_domain::{DerState, NodeAllocation, NodeId, Setpoint};
+use vpp_domain::{NodeAllocation, NodeId};
+pub(crate) use vpp_store::DerRecord;
 
 /// Write-behind sink for actor state. Implementations must not block: actors
 /// call these from their message handlers.
 pub trait Journal: Send + Sync + 'static {
-    /// A DER's latest state.
-    fn der_state(&self, id: &NodeId, state: &DerState);
-    /// A DER's active setpoints (empty = none).
-    fn setpoints(&self, id: &NodeId, setpoints: &[Setpoint]);
-    /// What a node did with an order.
+    /// The state and setpoints of every DER at a site, after any of them
+    /// changed (one record per site: see `vpp_store::DerRecord`).
+    fn site_ders(&self, site: &NodeId, ders: Vec<DerRecord>);
+    /// What a virtual DER did with an order (a site's is rebuilt from its
+    /// DERs' setpoints).
     fn allocation(&self, allocation: &NodeAllocation);
 }
 
@@ -18,8 +19,7 @@ pub trait Journal: Send + Sync + 'static {
 pub struct NullJournal;
 
 impl Journal for NullJournal {
-    fn der_state(&self, _: &NodeId, _: &DerState) {}
-    fn setpoints(&self, _: &NodeId, _: &[Setpoint]) {}
+    fn site_ders(&self, _: &NodeId, _: Vec<DerRecord>) {}
     fn allocation(&self, _: &NodeAllocation) {}
 }
 
@@ -27,11 +27,8 @@ impl Journal for NullJournal {
 pub type StoreJournal = vpp_store::WriteBehindHandle;
 
 impl Journal for vpp_store::WriteBehindHandle {
-    fn der_state(&self, id: &NodeId, state: &DerState) {
-        self.queue_der_state(id.clone(), state.clone());
-    }
-    fn setpoints(&self, id: &NodeId, setpoints: &[Setpoint]) {
-        self.queue_setpoints(id.clone(), setpoints.to_vec());
+    fn site_ders(&self, site: &NodeId, ders: Vec<DerRecord>) {
+        self.queue_site_ders(site.clone(), ders);
     }
     fn allocation(&self, allocation: &NodeAllocation) {
         self.queue_allocation(allocation.clone());

@@ -84,6 +84,14 @@ fn sigkill_after_split_keeps_setpoints_and_cancel() {
         Some(("application/toml", small_toml().into_bytes())),
     );
     assert_eq!(put.0, 200);
+    // A DER state set before the orders: persisted in its site's record,
+    // which is flushed before any order is marked allocated.
+    let (s, v) = request(
+        "PUT",
+        &format!("{url}/api/v1/nodes/res-ams-01-bat/state"),
+        Some(("application/json", br#"{"soc_pct": 77.5}"#.to_vec())),
+    );
+    assert_eq!(s, 200, "{v}");
     for (id, kw) in [("keep", 5.0), ("drop", 3.0)] {
         let order = json!({"id": id, "target": "vpp", "direction": "up", "power_kw": kw, "duration_s": 3600});
         let (s, v) = request(
@@ -117,4 +125,10 @@ fn sigkill_after_split_keeps_setpoints_and_cancel() {
     );
     let (_, d) = request("GET", &format!("{}/api/v1/dispatches/drop", node.url), None);
     assert_eq!(d["dispatch"]["status"], "cancelled");
+    let (_, bat) = request(
+        "GET",
+        &format!("{}/api/v1/nodes/res-ams-01-bat/capacity", node.url),
+        None,
+    );
+    assert_eq!(bat["state"]["soc_pct"], 77.5, "{bat}");
 }

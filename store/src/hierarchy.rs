@@ -232,8 +232,8 @@ impl Store {
         is_live: impl Fn(&[u8]) -> bool,
     ) -> Result<(u64, u64, u64), StoreError> {
         let inner = &self.inner;
-        let mut removed = [0u64; 2];
-        for (tree, n) in [&inner.der_state, &inner.setpoints]
+        let mut removed = [0u64; 3];
+        for (tree, n) in [&inner.der_state, &inner.setpoints, &inner.site_ders]
             .into_iter()
             .zip(&mut removed)
         {

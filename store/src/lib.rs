@@ -25,6 +25,7 @@
 //! | `nodes`       | generation ‖ record number      | `Vec<NodeSpec>` (≤ 256) |
 //! | `der_state`   | DER id                          | `DerState`              |
 //! | `setpoints`   | DER id                          | `Vec<Setpoint>`         |
+//! | `site_ders`   | site id                         | `Vec<DerRecord>`        |
 //! | `dispatches`  | dispatch id                     | `DispatchRecord`        |
 //! | `allocations` | dispatch id ‖ 0x00 ‖ node id    | `NodeAllocation`        |
 //!
@@ -85,11 +86,13 @@ mod error;
 mod hierarchy;
 mod journal;
 mod keys;
+mod site_ders;
 mod store;
 #[cfg(test)]
 mod test_support;
 mod write_behind;
 
 pub use error::StoreError;
+pub use site_ders::DerRecord;
 pub use store::{Store, StoreOptions, SCHEMA_VERSION};
 pub use write_behind::{WriteBehind, WriteBehindHandle, WriteBehindOptions, WriteBehindStats};

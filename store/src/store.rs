@@ -26,6 +26,7 @@ pub(crate) const META: &str = "meta";
 pub(crate) const NODES: &str = "nodes";
 pub(crate) const DER_STATE: &str = "der_state";
 pub(crate) const SETPOINTS: &str = "setpoints";
+pub(crate) const SITE_DERS: &str = "site_ders";
 pub(crate) const DISPATCHES: &str = "dispatches";
 pub(crate) const ALLOCATIONS: &str = "allocations";
 
@@ -68,6 +69,7 @@ pub(crate) struct Inner {
     pub(crate) nodes: Tree,
     pub(crate) der_state: Tree,
     pub(crate) setpoints: Tree,
+    pub(crate) site_ders: Tree,
     pub(crate) dispatches: Tree,
     pub(crate) allocations: Tree,
     /// Readers of the hierarchy share it; a replacement takes it alone, so a
@@ -125,6 +127,7 @@ impl Store {
             nodes: db.open_tree(NODES)?,
             der_state: db.open_tree(DER_STATE)?,
             setpoints: db.open_tree(SETPOINTS)?,
+            site_ders: db.open_tree(SITE_DERS)?,
             dispatches: db.open_tree(DISPATCHES)?,
             allocations: db.open_tree(ALLOCATIONS)?,
             db,

@@ -53,6 +53,7 @@ use vpp_domain::{DerState, DispatchId, NodeAllocation, NodeId, Setpoint};
 use crate::der_state::{der_state_batch, setpoints_batch};
 use crate::error::StoreError;
 use crate::journal::allocations_batch;
+use crate::site_ders::{site_ders_batch, DerRecord};
 use crate::store::{Store, MAX_BATCH};
 
 /// How the write-behind thread batches.
@@ -112,6 +113,7 @@ enum Msg {
     DerState(NodeId, DerState),
     Setpoints(NodeId, Vec<Setpoint>),
     Allocation(NodeAllocation),
+    SiteDers(NodeId, Vec<DerRecord>),
     Flush(FlushDone),
     Shutdown(FlushDone),
 }
@@ -206,6 +208,12 @@ impl WriteBehindHandle {
         self.send(Msg::Setpoints(id, setpoints));
     }
 
+    /// Queues the record of one site: the state and setpoints of each of its
+    /// DERs (replaces any queued record of that site; empty deletes it).
+    pub fn queue_site_ders(&self, site: NodeId, ders: Vec<DerRecord>) {
+        self.send(Msg::SiteDers(site, ders));
+    }
+
     /// Queues one node's allocation of one order.
     pub fn queue_allocation(&self, allocation: NodeAllocation) {
         self.send(Msg::Allocation(allocation));
@@ -249,7 +257,7 @@ impl WriteBehindHandle {
         };
         match msg {
             Msg::Flush(done) | Msg::Shutdown(done) => done(Err(StoreError::WriteBehindStopped)),
-            Msg::DerState(..) | Msg::Setpoints(..) | Msg::Allocation(_) => {
+            Msg::DerState(..) | Msg::Setpoints(..) | Msg::Allocation(_) | Msg::SiteDers(..) => {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 if !self.counters.warned_stopped.swap(true, Ordering::Relaxed) {
                     tracing::warn!("write-behind thread has stopped; dropping queued writes");
@@ -273,11 +281,12 @@ struct Pending {
     der_states: HashMap<NodeId, DerState>,
     setpoints: HashMap<NodeId, Vec<Setpoint>>,
     allocations: HashMap<(DispatchId, NodeId), NodeAllocation>,
+    site_ders: HashMap<NodeId, Vec<DerRecord>>,
 }
 
 impl Pending {
     fn len(&self) -> usize {
-        self.der_states.len() + self.setpoints.len() + self.allocations.len()
+        self.der_states.len() + self.setpoints.len() + self.allocations.len() + self.site_ders.len()
     }
 
     fn is_empty(&self) -> bool {
@@ -295,6 +304,9 @@ impl Pending {
             Msg::Allocation(a) => {
                 self.allocations
                     .insert((a.dispatch.clone(), a.node.clone()), a);
+            }
+            Msg::SiteDers(id, ders) => {
+                self.site_ders.insert(id, ders);
             }
             Msg::Flush(_) | Msg::Shutdown(_) => {}
         }
@@ -347,6 +359,18 @@ impl Pending {
             applied(chunk.len());
         }
         self.allocations.clear();
+        let sites: Vec<_> = self
+            .site_ders
+            .iter()
+            .map(|(id, d)| (id, d.as_slice()))
+            .collect();
+        for chunk in sites.chunks(MAX_BATCH) {
+            trees
+                .site_ders
+                .apply_batch(site_ders_batch(chunk.iter().copied())?)?;
+            applied(chunk.len());
+        }
+        self.site_ders.clear();
         Ok(())
     }
 

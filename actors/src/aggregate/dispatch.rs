@@ -125,10 +125,11 @@ impl Aggregate {
                     let want = alloc.shares[i] + extra.allocations[i];
                     let available = self.children[i].env.available_w(order.direction);
                     out.push(self.with_der(myself, i, |d, ctx| {
-                        d.expire(now, ctx);
+                        d.expire(now);
                         d.dispatch(&order, want, available, ctx)
                     }));
                 }
+                self.ders_dirty = true;
                 out
             };
             let now = now_ms();
@@ -187,7 +188,10 @@ impl Aggregate {
             .filter(|(_, w)| **w > 0)
             .map(|(c, w)| (c.id.clone(), *w))
             .collect();
-        self.ctx.journal.allocation(rec);
+        // A site's allocation is its DERs' setpoints, persisted with them.
+        if self.ders.is_empty() {
+            self.ctx.journal.allocation(rec);
+        }
         let ders = alloc.outcomes.iter().flatten().map(|o| o.ders).sum();
         let sub_resplits: u64 = alloc.outcomes.iter().flatten().map(|o| o.resplits).sum();
         let reason = (rec.shortfall_w > 0).then(|| {
@@ -225,8 +229,9 @@ impl Aggregate {
             .collect();
         if !self.ders.is_empty() {
             for i in holders {
-                let _ = self.with_der(myself, i, |d, ctx| d.cancel(id, ctx));
+                let _ = self.with_der(myself, i, |d, _| d.cancel(id));
             }
+            self.ders_dirty = true;
             return;
         }
         let timeout = self.ctx.config.dispatch_timeout;
