@@ -10,6 +10,8 @@
 //!     │                                      meta   (schema version, pointer
 //!     │                                              to current generation)
 //!     │ put_dispatch_durable ──────────────► dispatches
+//!     │ put_site_ders (what the runtime uses:
+//!     │   one record per site) ────────────► site_ders
 //!     │ put_der_states / put_setpoints /
 //!     │ put_allocations ───────────────────► der_state / setpoints / allocations
 //!     │ WriteBehindHandle::queue_* ──► [write-behind thread: latest per key]
@@ -50,8 +52,9 @@
 //!    the record is durable.
 //! 3. **Flush.** When [`Store::flush`] or [`Store::flush_async`] returns `Ok`,
 //!    every write that returned before the call is durable.
-//! 4. **Everything else** ([`Store::put_der_states`], [`Store::put_setpoints`],
-//!    [`Store::put_allocations`], [`Store::put_dispatch`]) is visible to
+//! 4. **Everything else** ([`Store::put_site_ders`], [`Store::put_der_states`],
+//!    [`Store::put_setpoints`], [`Store::put_allocations`],
+//!    [`Store::put_dispatch`]) is visible to
 //!    readers at once and durable within [`StoreOptions::flush_every_ms`]
 //!    (500 ms by default); a crash loses at most that window. One call is one
 //!    atomic batch: after a crash you find all of it or none of it.
