@@ -17,7 +17,10 @@
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Every error is `{"error": {"status", "code", "message", "problems"?}}` with
-//! a proper status; every rejected input is counted by route and reason.
+//! a proper status; every rejected input is counted by route and reason. Errors
+//! that axum itself produces before a handler runs (body over the limit, wrong
+//! method, undecodable path) go through [`json_errors`], so they look and count
+//! the same.
 
 mod dispatches;
 mod error;
@@ -29,7 +32,10 @@ mod views;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio::net::TcpListener;
@@ -89,8 +95,49 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/dispatches/{id}/cancel", post(dispatches::cancel))
         .route("/metrics", get(system::metrics))
         .fallback(system::not_found)
+        .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(node.clone(), json_errors))
         .with_state(node)
+}
+
+/// Rewrites any error answer that is not already the API's JSON (axum's own
+/// rejections: 413 body too large, 400 undecodable path, …) into the API's
+/// error shape, and counts it under route `http`.
+async fn json_errors(State(node): State<AppState>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let (code, reason, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            "body_too_large",
+            format!(
+                "the request body is larger than api.max_body_mb ({} MiB)",
+                node.config().api.max_body_mb
+            ),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "method_not_allowed",
+            "this route does not take that method; see the README's API tour".to_string(),
+        ),
+        s if s.is_server_error() => ("internal", "internal", text),
+        _ => ("bad_request", "malformed_request", text),
+    };
+    node.rejections.count("http", reason);
+    AppError::new(status, code, message).into_response()
 }
 
 /// Serves the API on `listener` until `shutdown` completes.

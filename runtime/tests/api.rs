@@ -417,3 +417,27 @@ fn deep_allocation_trees_are_bounded() {
         done["allocation"]["children_with_share"].as_u64().unwrap()
     );
 }
+
+#[test]
+fn errors_axum_raises_are_json_counted_and_change_nothing() {
+    let n = TestNode::start_with(tempfile::tempdir().unwrap(), |c| c.api.max_body_mb = 1);
+    put_small(&n);
+    let (_, before) = get(&n, "/api/v1/hierarchy");
+    let big = vec![b'a'; 2 * 1024 * 1024];
+    let (s, v) = common::request_oversized(&format!("{}/api/v1/hierarchy", n.url), big);
+    assert_eq!(s, 413, "{v}");
+    assert_eq!(v["error"]["code"], "payload_too_large");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("api.max_body_mb (1 MiB)"));
+    let (s, v) = request("DELETE", &format!("{}/api/v1/dispatches", n.url), None);
+    assert_eq!(s, 405, "{v}");
+    assert_eq!(v["error"]["code"], "method_not_allowed");
+    let (s, v) = get(&n, "/api/v1/nodes/%FF/capacity");
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["code"], "bad_request");
+    let (_, after) = get(&n, "/api/v1/hierarchy");
+    assert_eq!(before, after);
+    assert!(metric(&n, "vpp_api_rejected_total{route=\"http\"") >= 3);
+}

@@ -77,3 +77,9 @@ pub(crate) async fn not_found(uri: axum::http::Uri) -> AppError {
         "no route {uri}; see GET /api/v1/health and the README's API tour"
     ))
 }
+
+/// A route that exists, with a method it does not take (the body is filled
+/// in by `json_errors`).
+pub(crate) async fn method_not_allowed() -> axum::http::StatusCode {
+    axum::http::StatusCode::METHOD_NOT_ALLOWED
+}

@@ -33,11 +33,17 @@ impl TestNode {
     }
 
     pub fn start_in(dir: tempfile::TempDir) -> TestNode {
-        let cfg = NodeConfig {
+        Self::start_with(dir, |_| {})
+    }
+
+    /// A node whose config `tune` adjusts first.
+    pub fn start_with(dir: tempfile::TempDir, tune: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        let mut cfg = NodeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().to_path_buf(),
             ..NodeConfig::default()
         };
+        tune(&mut cfg);
         let (url_tx, url_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -116,6 +122,34 @@ pub fn request(method: &str, url: &str, body: Option<(&str, Vec<u8>)>) -> (u16, 
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Like [`request`] for an upload the server rejects while it is still being
+/// sent (over the body limit): the server answers and closes early, so the
+/// client may see the connection cut before it reads the answer. Such a
+/// transport failure is retried (at most 20 times); any HTTP answer is
+/// returned as it is.
+pub fn request_oversized(url: &str, body: Vec<u8>) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut last = None;
+    for _ in 0..20 {
+        match agent
+            .put(url)
+            .content_type("application/toml")
+            .send(&body[..])
+        {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                let text = resp.body_mut().read_to_string().unwrap_or_default();
+                return (status, serde_json::from_str(&text).unwrap_or(Value::Null));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no answer to the oversized upload in 20 tries: {last:?}");
 }
 
 /// Polls `f` until it gives `Some`, failing after `secs`.
