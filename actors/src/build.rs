@@ -114,16 +114,7 @@ fn site_allocations(
                 None => {
                     by_order.push((
                         order.clone(),
-                        NodeAllocation {
-                            dispatch: sp.dispatch.clone(),
-                            node: site.clone(),
-                            requested_w: 0,
-                            allocated_w: 0,
-                            shortfall_w: 0,
-                            children: Vec::new(),
-                            refusals: Vec::new(),
-                            resplits: 0,
-                        },
+                        NodeAllocation::empty(sp.dispatch.clone(), site.clone()),
                     ));
                     by_order.len() - 1
                 }
@@ -155,7 +146,6 @@ struct Slot {
 pub(crate) struct Built {
     pub(crate) index: FxHashMap<NodeId, NodeHandle>,
     pub(crate) sites: Vec<ActorRef<AggregateMsg>>,
-    pub(crate) root: ActorRef<AggregateMsg>,
     pub(crate) root_id: NodeId,
 }
 
@@ -437,7 +427,9 @@ pub(crate) async fn build(
                 .map_err(|e| format!("attaching children of {}: {e}", s.id))?;
         }
     }
-    let root = refs[0].take().ok_or("root did not start")?;
+    if refs[0].is_none() {
+        return Err("root did not start".into());
+    }
     tracing::info!(
         nodes = slots.len(),
         layout_ms = t_layout.as_millis() as u64,
@@ -448,7 +440,6 @@ pub(crate) async fn build(
     Ok(Built {
         index,
         sites,
-        root,
         root_id,
     })
 }

@@ -5,7 +5,7 @@
 //! tokio task and mailboxes of its own: its [`crate::aggregate`] site actor
 //! hosts it and delivers its messages, the way sharded-entity systems host
 //! many entities per process unit. Measured reason (ARCHITECTURE.md): a
-//! ractor actor costs ~6.7 KB and ~8 µs to spawn, which alone breaks the
+//! ractor actor costs ~6.7 KB and 7–23 µs to spawn, which alone breaks the
 //! 1M-DER memory, spawn and split targets; a hosted DER costs a few hundred
 //! bytes and is reached with a function call from its site.
 //!

@@ -82,7 +82,6 @@ struct Inner {
     index: rustc_hash::FxHashMap<NodeId, NodeHandle>,
     /// Site actors by number (`NodeHandle::site_no`).
     sites: Vec<ActorRef<AggregateMsg>>,
-    root: ActorRef<AggregateMsg>,
     root_id: NodeId,
     supervisor: ActorRef<()>,
     ctx: Arc<FleetCtx>,
@@ -153,7 +152,6 @@ impl Fleet {
         let Built {
             index,
             sites,
-            root,
             root_id,
         } = match build(snap, ctx.clone(), supervisor.get_cell(), progress).await {
             Ok(b) => b,
@@ -167,7 +165,6 @@ impl Fleet {
             inner: Arc::new(Inner {
                 index,
                 sites,
-                root,
                 root_id,
                 supervisor,
                 ctx,
@@ -389,7 +386,6 @@ impl Fleet {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_millis(50));
         }
-        let _ = &self.inner.root;
     }
 }
 

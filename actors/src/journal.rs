@@ -24,8 +24,6 @@ impl Journal for NullJournal {
 }
 
 /// The store's write-behind thread is the production journal.
-pub type StoreJournal = vpp_store::WriteBehindHandle;
-
 impl Journal for vpp_store::WriteBehindHandle {
     fn site_ders(&self, site: &NodeId, ders: Vec<DerRecord>) {
         self.queue_site_ders(site.clone(), ders);

@@ -49,7 +49,7 @@ mod metrics;
 
 pub use config::FleetConfig;
 pub use fleet::{Fleet, FleetError};
-pub use journal::{Journal, NullJournal, StoreJournal};
+pub use journal::{Journal, NullJournal};
 pub use messages::{ChildView, DispatchOutcome, NodeView, StateRejected};
 pub use metrics::Metrics;
 

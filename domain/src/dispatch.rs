@@ -136,6 +136,22 @@ pub struct NodeAllocation {
     pub resplits: u32,
 }
 
+impl NodeAllocation {
+    /// Nothing placed yet.
+    pub fn empty(dispatch: DispatchId, node: NodeId) -> Self {
+        Self {
+            dispatch,
+            node,
+            requested_w: 0,
+            allocated_w: 0,
+            shortfall_w: 0,
+            children: Vec::new(),
+            refusals: Vec::new(),
+            resplits: 0,
+        }
+    }
+}
+
 /// The command a DER holds for one order: move `power_w` in `direction` over
 /// `[start_ms, end_ms)`, at most `ramp_w_per_min`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -467,14 +467,11 @@ impl Node {
         let rec = self.dispatch(id)?;
         let fleet = self.fleet().await?;
         let target = rec.order.target.clone();
-        let top = fleet
-            .allocation(id, &target)
-            .await?
-            .map(|a| a.allocated_w)
-            .unwrap_or(0);
         // Breadth-first into an arena, then assembled.
         let mut arena: Vec<(Option<AllocationTree>, Vec<usize>)> = Vec::new();
-        let mut queue = std::collections::VecDeque::from([(target, top, 1usize, None::<usize>)]);
+        // The target's share is what its own record says it placed.
+        let mut queue =
+            std::collections::VecDeque::from([(target, None::<u64>, 1usize, None::<usize>)]);
         while let Some((node, allocated_w, level, parent)) = queue.pop_front() {
             let kind = fleet.node(&node).map(|(k, _)| k).unwrap_or(NodeKind::Der);
             let allocation = if kind == NodeKind::Der {
@@ -489,7 +486,7 @@ impl Node {
                         if arena.len() + queue.len() >= MAX_TREE_NODES {
                             break;
                         }
-                        queue.push_back((c.clone(), *w, level + 1, Some(me)));
+                        queue.push_back((c.clone(), Some(*w), level + 1, Some(me)));
                     }
                 }
             }
@@ -497,7 +494,9 @@ impl Node {
                 Some(AllocationTree {
                     node,
                     kind,
-                    allocated_w,
+                    allocated_w: allocated_w
+                        .or_else(|| allocation.as_ref().map(|a| a.allocated_w))
+                        .unwrap_or(0),
                     allocation,
                     children: Vec::new(),
                 }),

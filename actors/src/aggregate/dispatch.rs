@@ -80,16 +80,7 @@ impl Aggregate {
             order: order.clone(),
             shares: vec![0; n],
             outcomes: vec![None; n],
-            record: NodeAllocation {
-                dispatch: order.id.clone(),
-                node: self.id.clone(),
-                requested_w: 0,
-                allocated_w: 0,
-                shortfall_w: 0,
-                children: Vec::new(),
-                refusals: Vec::new(),
-                resplits: 0,
-            },
+            record: NodeAllocation::empty(order.id.clone(), self.id.clone()),
         });
         let mut refused = vec![false; n];
         let mut rounds = 0u32;
