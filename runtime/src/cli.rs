@@ -7,7 +7,10 @@
 //! running node: `--node URL`, or the node serving `--data-dir`, or
 //! `http://127.0.0.1:8080`.
 
+mod broker;
 mod output;
+
+pub use broker::BrokerArgs;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +24,7 @@ use vpp_domain::hierarchy_file::{load, to_toml};
 use vpp_store::{Store, StoreError};
 
 use crate::client::Client;
-use crate::config::{NodeConfig, DEFAULT_TOML};
+use crate::config::{BrokerChoice, NodeConfig, DEFAULT_TOML};
 use crate::serve::{discover, ServeOptions};
 
 /// Virtual power plant runtime: every DER, site and virtual-DER aggregate is an
@@ -59,6 +62,8 @@ pub enum Cmd {
     /// Print or check node configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Run the MQTT broker on its own (the one `serve` embeds).
+    Broker(BrokerArgs),
     /// Ask a running node whether it is up.
     Health,
 }
@@ -78,6 +83,9 @@ pub struct ServeArgs {
     /// Import --hierarchy even if the store already holds one.
     #[arg(long, requires = "hierarchy")]
     pub replace: bool,
+    /// MQTT broker: `embedded` or `mqtt://host:port` [default: the config's mqtt.broker].
+    #[arg(long)]
+    pub broker: Option<BrokerChoice>,
 }
 
 /// `vpp hierarchy …`
@@ -251,6 +259,8 @@ pub enum DerCmd {
 pub enum ConfigCmd {
     /// Print the default configuration (a complete, commented config file).
     Default,
+    /// Print the embedded MQTT broker's default configuration (rumqttd's format).
+    Broker,
     /// Check a config file.
     Check {
         /// The file.
@@ -289,6 +299,11 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("{DEFAULT_TOML}");
             Ok(())
         }
+        Cmd::Config(ConfigCmd::Broker) => {
+            print!("{}", crate::mqtt::DEFAULT_BROKER_TOML);
+            Ok(())
+        }
+        Cmd::Broker(args) => broker::run(args),
         Cmd::Config(ConfigCmd::Check { file }) => {
             let c = NodeConfig::load(&file)?;
             println!(
@@ -328,6 +343,9 @@ fn serve(data_dir: Option<PathBuf>, a: ServeArgs) -> Result<()> {
     }
     if let Some(l) = a.listen {
         cfg.listen = l;
+    }
+    if let Some(b) = a.broker {
+        cfg.mqtt.broker = b;
     }
     cfg.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -8,9 +8,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::mqtt::{BrokerUrl, MqttError};
 
 /// The default configuration, as shipped.
 pub const DEFAULT_TOML: &str = include_str!("../config/vpp.toml");
@@ -82,6 +85,73 @@ pub struct ApiConfig {
     pub max_body_mb: u64,
 }
 
+/// `[mqtt]`: how the node reaches its devices.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `"embedded"` or `"mqtt://host:port"`. See `config/vpp.toml`.
+    pub broker: BrokerChoice,
+    /// The embedded broker's MQTT listener (ignored for an external broker).
+    pub listen: SocketAddr,
+    /// rumqttd config file of the embedded broker; empty = the shipped
+    /// default (`vpp config broker`).
+    pub broker_config: PathBuf,
+    /// The node's MQTT client id.
+    pub client_id: String,
+}
+
+/// Which broker the node uses: its own or another one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum BrokerChoice {
+    /// Start rumqttd in the node (`"embedded"`).
+    Embedded,
+    /// Connect to this broker (`"mqtt://host:port"`).
+    External(BrokerUrl),
+}
+
+impl FromStr for BrokerChoice {
+    type Err = MqttError;
+
+    fn from_str(s: &str) -> Result<Self, MqttError> {
+        if s == "embedded" {
+            Ok(BrokerChoice::Embedded)
+        } else {
+            s.parse().map(BrokerChoice::External)
+        }
+    }
+}
+
+impl TryFrom<String> for BrokerChoice {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+            .map_err(|e| format!("mqtt.broker must be \"embedded\" or mqtt://host:port: {e}"))
+    }
+}
+
+impl std::fmt::Display for BrokerChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BrokerChoice::Embedded => f.write_str("embedded"),
+            BrokerChoice::External(url) => url.fmt(f),
+        }
+    }
+}
+
+impl MqttConfig {
+    /// The embedded broker's rumqttd config: the `broker_config` file, or the
+    /// shipped default when that is empty. Errors name the file and key.
+    pub fn load_broker_config(&self) -> Result<rumqttd::Config, MqttError> {
+        if self.broker_config.as_os_str().is_empty() {
+            crate::mqtt::default_broker_config()
+        } else {
+            crate::mqtt::load_broker_config(&self.broker_config)
+        }
+    }
+}
+
 /// The whole node configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -98,6 +168,8 @@ pub struct NodeConfig {
     pub store: StoreConfig,
     /// API limits.
     pub api: ApiConfig,
+    /// Devices over MQTT.
+    pub mqtt: MqttConfig,
 }
 
 impl Default for RollupConfig {
@@ -131,6 +203,17 @@ impl Default for ApiConfig {
     }
 }
 
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            broker: BrokerChoice::Embedded,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            broker_config: PathBuf::new(),
+            client_id: "vpp-runtime".to_string(),
+        }
+    }
+}
+
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
@@ -140,6 +223,7 @@ impl Default for NodeConfig {
             dispatch: DispatchConfig::default(),
             store: StoreConfig::default(),
             api: ApiConfig::default(),
+            mqtt: MqttConfig::default(),
         }
     }
 }
@@ -211,6 +295,9 @@ impl NodeConfig {
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }
+        if let Err(e) = crate::mqtt::check_client_id(&self.mqtt.client_id) {
+            return bad("mqtt.client_id", &e.to_string());
+        }
         Ok(())
     }
 
@@ -239,6 +326,69 @@ mod tests {
         assert_eq!(c.dispatch.timeout_s, d.dispatch.timeout_s);
         assert_eq!(c.store.cache_mb, d.store.cache_mb);
         assert_eq!(c.api.max_body_mb, d.api.max_body_mb);
+        assert_eq!(c.mqtt.broker, d.mqtt.broker);
+        assert_eq!(c.mqtt.listen, d.mqtt.listen);
+        assert_eq!(c.mqtt.broker_config, d.mqtt.broker_config);
+        assert_eq!(c.mqtt.client_id, d.mqtt.client_id);
+    }
+
+    #[test]
+    fn mqtt_keys() {
+        let c = NodeConfig::parse(
+            "x.toml",
+            "[mqtt]\nbroker = \"mqtt://10.0.0.5:1884\"\nlisten = \"127.0.0.1:0\"\nbroker_config = \"b.toml\"\nclient_id = \"node-1\"\n",
+        )
+        .unwrap();
+        let BrokerChoice::External(url) = &c.mqtt.broker else {
+            panic!("{:?}", c.mqtt.broker)
+        };
+        assert_eq!((url.host(), url.port()), ("10.0.0.5", 1884));
+        assert_eq!(c.mqtt.listen.port(), 0);
+        assert_eq!(c.mqtt.broker_config, PathBuf::from("b.toml"));
+        assert_eq!(c.mqtt.client_id, "node-1");
+        assert_eq!(c.mqtt.broker.to_string(), "mqtt://10.0.0.5:1884");
+        assert!(NodeConfig::default().mqtt.load_broker_config().is_ok());
+    }
+
+    #[test]
+    fn bad_mqtt_values_are_named() {
+        for (text, needle) in [
+            ("[mqtt]\nbroker = \"http://h:1883\"\n", "mqtt.broker"),
+            ("[mqtt]\nbroker = \"mqtt://h:0\"\n", "mqtt.broker"),
+            ("[mqtt]\nbroker = \"embeded\"\n", "mqtt.broker"),
+            ("[mqtt]\nlisten = \"1883\"\n", "listen"),
+            ("[mqtt]\nclient_id = \"a/b\"\n", "mqtt.client_id"),
+            ("[mqtt]\nclient_id = \"\"\n", "mqtt.client_id"),
+            ("[mqtt]\nbrokr = \"embedded\"\n", "brokr"),
+        ] {
+            let e = NodeConfig::parse("x.toml", text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        let e = NodeConfig::parse("x.toml", "[mqtt]\nbroker = \"http://h:1883\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.toml") && e.contains("scheme"), "{e}");
+    }
+
+    #[test]
+    fn broker_choice_from_flag() {
+        assert_eq!(
+            "embedded".parse::<BrokerChoice>().unwrap(),
+            BrokerChoice::Embedded
+        );
+        assert!(matches!(
+            "mqtt://127.0.0.1:1883".parse::<BrokerChoice>(),
+            Ok(BrokerChoice::External(_))
+        ));
+        assert!("127.0.0.1:1883".parse::<BrokerChoice>().is_err());
+    }
+
+    #[test]
+    fn missing_broker_config_file_is_named() {
+        let mut c = NodeConfig::default();
+        c.mqtt.broker_config = PathBuf::from("/nonexistent/rumqttd.toml");
+        let e = c.mqtt.load_broker_config().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/rumqttd.toml"), "{e}");
     }
 
     #[test]

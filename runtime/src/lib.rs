@@ -4,6 +4,7 @@
 //!   vpp (main.rs) ── cli.rs ──┬── serve.rs ── Node (node.rs) ── api.rs (axum)
 //!                             │                 ├── vpp_store::Store (sled)
 //!                             │                 └── vpp_actors::Fleet (ractor)
+//!                             ├── broker (cli/broker.rs) ── mqtt::EmbeddedBroker (rumqttd)
 //!                             └── commands on a running node: client.rs (HTTP)
 //!                                 or, when none runs, on the data dir directly
 //! ```
@@ -16,5 +17,6 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod mqtt;
 pub mod node;
 pub mod serve;

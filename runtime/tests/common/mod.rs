@@ -1,5 +1,6 @@
 //! Shared helpers of the runtime's black-box tests: an in-process node on
-//! port 0, and polling with a deadline (no fixed sleeps).
+//! port 0, a Mosquitto child process, and polling with a deadline (no fixed
+//! sleeps).
 
 #![allow(dead_code)]
 
@@ -11,6 +12,7 @@ use vpp_runtime::client::Client;
 use vpp_runtime::config::NodeConfig;
 use vpp_runtime::node::Node;
 
+pub mod mosquitto;
 pub mod process;
 
 /// The repository root (for `examples/`).
@@ -43,6 +45,8 @@ impl TestNode {
             data_dir: dir.path().to_path_buf(),
             ..NodeConfig::default()
         };
+        // Tests run in parallel: an embedded broker must not want port 1883.
+        cfg.mqtt.listen = "127.0.0.1:0".parse().unwrap();
         tune(&mut cfg);
         let (url_tx, url_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
