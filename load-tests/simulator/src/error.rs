@@ -22,7 +22,7 @@ pub enum SimError {
         message: String,
     },
     /// The hierarchy file a scenario names is not valid.
-    #[error("{0}")]
+    #[error(transparent)]
     Hierarchy(#[from] vpp_domain::hierarchy_file::FileError),
     /// The broker could not be reached at start.
     #[error("cannot reach the MQTT broker at {addr}: {source}")]

@@ -7,7 +7,8 @@
 //!       Message      → parse topic, decode Desired, find device
 //!                      → now, or after the injected latency (timer) → deliver
 //!   deliver: Device::receive → ack accepted / rejected ──► (applied now?) applied + reported + telemetry
-//!                                                     └──► timer: check again when the ramp should be done
+//!                                                     ├──► timer: check again when the ramp should be done
+//!                                                     └──► timers: telemetry as each setpoint starts and ends
 //!   tick (every ~32 devices' worth, at most a tenth of the interval): the
 //!        next devices in turn, so each sends telemetry once per interval,
 //!        spread evenly over it
@@ -90,7 +91,13 @@ enum TimerKind {
         version: u64,
         wait: Duration,
     },
+    /// A setpoint of the held version starts or ends: telemetry now.
+    Edge { dev: usize, version: u64 },
 }
+
+/// Setpoint edges further ahead than this get no prompt telemetry of their
+/// own (the regular round covers them).
+const MAX_EDGE_AHEAD_MS: u64 = 7 * 24 * 3_600_000;
 
 #[derive(Debug)]
 struct Timer {
@@ -386,6 +393,7 @@ impl Gateway {
                 TimerKind::Check { dev, version, wait } => {
                     self.check_applied(dev, version, wait).await
                 }
+                TimerKind::Edge { dev, version } => self.on_edge(dev, version).await,
             }
         }
     }
@@ -427,6 +435,24 @@ impl Gateway {
             }
             c.ack_latency.record(received.elapsed());
             self.shared.probe.ack(global, rejected);
+        }
+        if let Receipt::Accepted { .. } = receipt {
+            // Prompt telemetry when a setpoint starts or ends.
+            let edges: Vec<u64> = desired
+                .setpoints
+                .iter()
+                .flat_map(|s| [s.start_ms, s.end_ms])
+                .filter(|&t| t > now && t - now <= MAX_EDGE_AHEAD_MS)
+                .collect();
+            for t in edges {
+                self.schedule(
+                    Instant::now() + Duration::from_millis(t - now + 1),
+                    TimerKind::Edge {
+                        dev: i,
+                        version: desired.version,
+                    },
+                );
+            }
         }
         match receipt {
             Receipt::Accepted { applied: true } => self.on_applied(i, now).await,
@@ -472,6 +498,22 @@ impl Gateway {
                     wait: next,
                 },
             );
+        }
+    }
+
+    /// A setpoint edge of the held version: advance and tell.
+    async fn on_edge(&mut self, i: usize, version: u64) {
+        let now = now_ms();
+        let clock = self.shared.clock;
+        let d = &mut self.devices[i].device;
+        if d.held_version() != version || d.silent(now) {
+            return;
+        }
+        d.advance(&clock, now);
+        if d.take_applied(&clock, now) {
+            self.on_applied(i, now).await;
+        } else {
+            self.send_telemetry(i, now).await;
         }
     }
 

@@ -307,3 +307,54 @@ async fn multiplexed_shards_with_offline_devices_and_ack_latency() {
         .any(|s| s.topic.contains(&format!("/{silent}/"))));
     sim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setpoint_start_and_end_send_prompt_telemetry() {
+    let broker = Mosquitto::start();
+    let mut obs = Observer::connect(&broker.addr(), "observer-4").await;
+    // Regular telemetry only once a minute: what arrives sooner is prompt.
+    let cfg = SimConfig {
+        telemetry_interval: Duration::from_secs(60),
+        ..config(&broker.addr(), "t4")
+    };
+    let sim = start(cfg, vec![site("site-d", vec![battery("site-d-bat")])])
+        .await
+        .expect("simulator starts");
+    poll_until("connected", WITHIN, || sim.stats().connected == 1).await;
+    let now = now_ms();
+    let doc = Desired {
+        v: 1,
+        version: now,
+        setpoints: vec![DesiredSetpoint {
+            dispatch: "edge".into(),
+            direction: Direction::Up,
+            power_w: 2000,
+            target_power_w: -2000,
+            start_ms: now + 1000,
+            end_ms: now + 2500,
+            ramp_w_per_min: 0,
+        }],
+    };
+    obs.publish_retained(
+        &der_topic("site-d", "site-d-bat", Channel::Desired),
+        encode_json(&doc),
+    )
+    .await;
+    let tel = der_topic("site-d", "site-d-bat", Channel::Telemetry);
+    let started = obs
+        .wait_for("telemetry at the start", WITHIN, |s| {
+            is::<Telemetry>(s, &tel).is_some_and(|t| (t.power_w + 2000).abs() <= 100)
+        })
+        .await;
+    let ended = obs
+        .wait_for("telemetry at the end", WITHIN, |s| {
+            s.at > started.at && is::<Telemetry>(s, &tel).is_some_and(|t| t.power_w.abs() <= 100)
+        })
+        .await;
+    let gap = ended.at.duration_since(started.at);
+    assert!(
+        gap >= Duration::from_millis(1000) && gap < Duration::from_secs(5),
+        "{gap:?}"
+    );
+    sim.stop().await;
+}

@@ -37,7 +37,7 @@ use vpp_simulator::{
 /// Simulate a fleet of DERs over MQTT (protocol v1) and, optionally,
 /// benchmark a node's dispatch round trip.
 #[derive(Debug, Parser)]
-#[command(name = "vpp-loadgen", version)]
+#[command(name = "vpp-loadgen", version, allow_negative_numbers = true)]
 struct Args {
     /// Scenario file (TOML; see load-tests/scenarios/).
     #[arg(long)]
@@ -155,10 +155,24 @@ fn main() -> ExitCode {
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each cause left out when the message above
+/// already says it.
+fn chain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }
 
 /// The configuration and fleet from scenario and flags.
