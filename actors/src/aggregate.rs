@@ -46,7 +46,9 @@ use vpp_domain::{
 
 use crate::build::FleetCtx;
 use crate::der::DerActor;
-use crate::messages::{settle, AggregateMsg, ChildView, DispatchOutcome, NodeView, StateRejected};
+use crate::messages::{
+    settle, AggregateMsg, ChildView, DeviceInput, DispatchOutcome, NodeView, StateRejected,
+};
 use crate::metrics::Metrics;
 use crate::now_ms;
 
@@ -94,6 +96,8 @@ pub(crate) struct Alloc {
     pub(crate) shares: Vec<u64>,
     /// Latest outcome of each child that was asked.
     pub(crate) outcomes: Vec<Option<DispatchOutcome>>,
+    /// Children that refused part of their share: not asked again for it.
+    pub(crate) refused: Vec<bool>,
     pub(crate) record: NodeAllocation,
 }
 
@@ -109,6 +113,10 @@ pub(crate) struct Aggregate {
     /// A hosted DER changed state or setpoints since the site record was
     /// last queued for persistence.
     pub(crate) ders_dirty: bool,
+    /// A hosted DER's setpoints may have changed: publish desired documents.
+    pub(crate) desired_pending: bool,
+    /// A sweep for silent devices is scheduled.
+    sweep_pending: bool,
     by_actor: HashMap<ActorId, usize>,
     pub(crate) sum: FlexEnvelope,
     reported: FlexEnvelope,
@@ -151,6 +159,7 @@ fn start(a: AggregateArgs) -> Aggregate {
                 order,
                 shares,
                 outcomes: vec![None; n],
+                refused: vec![false; n],
                 record,
             },
         );
@@ -164,6 +173,8 @@ fn start(a: AggregateArgs) -> Aggregate {
         children,
         ders: a.ders,
         ders_dirty: false,
+        desired_pending: false,
+        sweep_pending: false,
         by_actor: HashMap::new(),
         reported: sum.clone(),
         sum,
@@ -185,10 +196,12 @@ macro_rules! aggregate_actor {
 
             async fn pre_start(
                 &self,
-                _: ActorRef<AggregateMsg>,
+                myself: ActorRef<AggregateMsg>,
                 a: AggregateArgs,
             ) -> Result<Aggregate, ActorProcessingErr> {
-                Ok(start(a))
+                let mut agg = start(a);
+                agg.arm_sweep(&myself);
+                Ok(agg)
             }
 
             async fn handle(
@@ -226,6 +239,22 @@ impl Aggregate {
         if self.ders_dirty {
             self.persist_ders();
         }
+        if self.desired_pending {
+            self.publish_desired();
+        }
+    }
+
+    /// Sends every DER whose setpoints changed its new desired document
+    /// (after the site record is queued, so what devices see is journaled).
+    fn publish_desired(&mut self) {
+        self.desired_pending = false;
+        let now = now_ms();
+        for d in &mut self.ders {
+            if let Some(doc) = d.take_desired(now) {
+                Metrics::inc(&self.ctx.metrics.desired_published);
+                self.ctx.devices.desired(&self.id, &d.spec().id, &doc);
+            }
+        }
     }
 
     /// Queues one record with every hosted DER's state and setpoints.
@@ -260,15 +289,56 @@ impl Aggregate {
                 }
             }
             AggregateMsg::DerState(idx, state, reply) => {
-                let r = self.der_state(&myself, idx as usize, state);
+                let r = self.der_state(&myself, idx as usize, state, None);
                 if let Some(reply) = reply {
                     let _ = reply.send(r);
                 }
             }
             AggregateMsg::DerStates(batch) => {
                 for (idx, state) in batch {
-                    let _ = self.der_state(&myself, idx as usize, state);
+                    let _ = self.der_state(&myself, idx as usize, state, None);
                 }
+            }
+            AggregateMsg::DeviceInputs(batch) => self.device_inputs(&myself, batch).await,
+            AggregateMsg::GatewayStatus(online) => {
+                if !online {
+                    for i in 0..self.ders.len() {
+                        if let Ok(true) = self.with_der(&myself, i, |d, _| d.gateway_offline()) {
+                            Metrics::inc(&self.ctx.metrics.gateways_offline);
+                            self.der_changed(&myself, i);
+                        }
+                    }
+                }
+            }
+            AggregateMsg::Sweep => {
+                self.sweep_pending = false;
+                let cutoff =
+                    now_ms().saturating_sub(self.ctx.config.offline_after.as_millis() as u64);
+                for i in 0..self.ders.len() {
+                    if let Ok(true) = self.with_der(&myself, i, |d, _| d.time_out(cutoff)) {
+                        Metrics::inc(&self.ctx.metrics.devices_timed_out);
+                        self.der_changed(&myself, i);
+                    }
+                }
+                self.arm_sweep(&myself);
+            }
+            AggregateMsg::Republish => {
+                let now = now_ms();
+                for d in &mut self.ders {
+                    if let Some(doc) = d.republish(now) {
+                        Metrics::inc(&self.ctx.metrics.desired_published);
+                        self.ctx.devices.desired(&self.id, &d.spec().id, &doc);
+                    }
+                }
+            }
+            AggregateMsg::ShareRefused {
+                idx,
+                dispatch,
+                refused_w,
+                reason,
+            } => {
+                self.share_refused(&myself, idx as usize, &dispatch, refused_w, reason)
+                    .await;
             }
             #[cfg(test)]
             AggregateMsg::PanicDer(idx, reply) => {
@@ -424,6 +494,7 @@ impl Aggregate {
             state: None,
             setpoints: Vec::new(),
             active_dispatches: self.allocs.keys().cloned().collect(),
+            device: None,
         }
     }
 
@@ -487,7 +558,7 @@ impl Aggregate {
         let spec = self.ders[idx].spec().clone();
         tracing::warn!(node = %self.id, der = %spec.id, reason = %why, "der actor failed; restarting");
         let (state, setpoints) = self.ctx.last_record(&self.id, &spec);
-        let der = DerActor::new(spec, state, setpoints);
+        let der = DerActor::new(spec, state, setpoints, &self.ctx);
         let env = der.envelope();
         self.ders[idx] = der;
         let c = &mut self.children[idx];
@@ -498,24 +569,87 @@ impl Aggregate {
     }
 
     /// Applies a state to hosted DER `idx` and folds its new envelope in.
+    /// `heard_ms` is set for telemetry.
     fn der_state(
         &mut self,
         myself: &ActorRef<AggregateMsg>,
         idx: usize,
         state: DerState,
+        heard_ms: Option<u64>,
     ) -> Result<(), StateRejected> {
-        let env = match self.with_der(myself, idx, |d, ctx| d.set_state(state, ctx)) {
+        let env = match self.with_der(myself, idx, |d, ctx| d.set_state(state, heard_ms, ctx)) {
             Ok(r) => r?,
             Err(_) => return Ok(()), // restarted; the failure is counted
         };
         self.ders_dirty = true;
+        self.fold_der(myself, idx, env);
+        Ok(())
+    }
+
+    /// Folds hosted DER `idx`'s new envelope into the sum, if it changed.
+    fn fold_der(&mut self, myself: &ActorRef<AggregateMsg>, idx: usize, env: FlexEnvelope) {
         let c = &mut self.children[idx];
         if env != c.env {
             self.sum.replace(&c.env, &env);
             c.env = env;
             self.mark_dirty(myself);
         }
-        Ok(())
+    }
+
+    /// Recomputes hosted DER `idx`'s envelope after it changed in place.
+    pub(crate) fn der_changed(&mut self, myself: &ActorRef<AggregateMsg>, idx: usize) {
+        self.ders_dirty = true;
+        if let Some(env) = self.ders.get(idx).map(DerActor::envelope) {
+            self.fold_der(myself, idx, env);
+        }
+    }
+
+    /// Schedules a sweep for silent devices if one is due and none is pending.
+    fn arm_sweep(&mut self, myself: &ActorRef<AggregateMsg>) {
+        if self.sweep_pending || !self.ders.iter().any(DerActor::tracked_online) {
+            return;
+        }
+        self.sweep_pending = true;
+        myself.send_after(self.ctx.config.offline_after, || AggregateMsg::Sweep);
+    }
+
+    /// Telemetry, acks and reports from the devices of hosted DERs.
+    async fn device_inputs(
+        &mut self,
+        myself: &ActorRef<AggregateMsg>,
+        batch: Vec<(u32, DeviceInput)>,
+    ) {
+        let now = now_ms();
+        let mut refusals = Vec::new();
+        for (idx, input) in batch {
+            let i = idx as usize;
+            match input {
+                DeviceInput::Telemetry(state) => {
+                    let _ = self.der_state(myself, i, state, Some(now));
+                }
+                DeviceInput::Ack(ack) => {
+                    match self.with_der(myself, i, |d, ctx| d.ack(&ack, ctx)) {
+                        Ok(Ok(gone)) => {
+                            self.desired_pending |= !gone.is_empty();
+                            refusals.extend(gone.into_iter().map(|r| (i, r)));
+                            self.der_changed(myself, i);
+                        }
+                        Ok(Err(_)) => Metrics::inc(&self.ctx.metrics.acks_unknown_version),
+                        Err(_) => {} // restarted; counted
+                    }
+                }
+                DeviceInput::Reported(version) => {
+                    if let Ok(Err(_)) = self.with_der(myself, i, |d, _| d.reported(version)) {
+                        Metrics::inc(&self.ctx.metrics.acks_unknown_version);
+                    }
+                }
+            }
+        }
+        self.arm_sweep(myself);
+        for (i, r) in refusals {
+            self.share_refused(myself, i, &r.dispatch, r.power_w, r.reason)
+                .await;
+        }
     }
 }
 

@@ -23,7 +23,8 @@ use vpp_domain::{
 
 use crate::aggregate::{AggregateArgs, ChildSpec, SiteActor, VirtualDerActor};
 use crate::config::FleetConfig;
-use crate::der::DerActor;
+use crate::der::{restored_envelope, DerActor};
+use crate::devices::DeviceLink;
 use crate::journal::Journal;
 use crate::messages::AggregateMsg;
 use crate::metrics::Metrics;
@@ -33,7 +34,10 @@ pub(crate) struct FleetCtx {
     pub(crate) config: FleetConfig,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) journal: Arc<dyn Journal>,
+    pub(crate) devices: Arc<dyn DeviceLink>,
     pub(crate) store: Option<vpp_store::Store>,
+    /// When the fleet started, Unix ms (the floor of desired versions).
+    pub(crate) started_ms: u64,
     shutting_down: AtomicBool,
 }
 
@@ -42,13 +46,16 @@ impl FleetCtx {
         config: FleetConfig,
         metrics: Arc<Metrics>,
         journal: Arc<dyn Journal>,
+        devices: Arc<dyn DeviceLink>,
         store: Option<vpp_store::Store>,
     ) -> Self {
         Self {
             config,
             metrics,
             journal,
+            devices,
             store,
+            started_ms: crate::now_ms(),
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -253,9 +260,13 @@ pub(crate) async fn build(
         }
     }
     let mut envs: Vec<FlexEnvelope> = vec![FlexEnvelope::zero(); n_aggs as usize];
+    let setpoints = &snap.setpoints;
     let env_of = |c: usize, envs: &[FlexEnvelope], states: &[Option<DerState>]| -> FlexEnvelope {
         match (&slots[c].spec, &states[c]) {
-            (Spec::Der(d), Some(st)) => der_envelope(&d.rating, st),
+            (Spec::Der(d), Some(st)) => match setpoints.get(&d.id) {
+                Some(sp) => restored_envelope(&d.rating, st, sp),
+                None => der_envelope(&d.rating, st),
+            },
             (Spec::Der(_), None) => FlexEnvelope::zero(),
             _ => envs[agg_no[c] as usize].clone(),
         }
@@ -315,26 +326,35 @@ pub(crate) async fn build(
                 .map(|(r, _)| r.get_cell())
                 .unwrap_or_else(|| supervisor.clone());
             let (f, n) = (s.first_child as usize, s.n_children as usize);
-            let children = (f..f + n)
-                .map(|c| ChildSpec {
-                    id: slots[c].id.clone(),
-                    env: env_of(c, &envs, &states),
-                })
-                .collect();
             let mut ders = Vec::new();
             let mut allocations = snap.allocations.remove(&s.id).unwrap_or_default();
-            if is_site {
+            let children = if is_site {
                 for c in f..f + n {
                     if let Spec::Der(d) = &slots[c].spec {
                         let state = states[c]
                             .take()
                             .unwrap_or_else(|| DerState::nominal(&d.rating));
                         let sp = snap.setpoints.remove(&slots[c].id).unwrap_or_default();
-                        ders.push(DerActor::new(d.clone(), state, sp));
+                        ders.push(DerActor::new(d.clone(), state, sp, &ctx));
                     }
                 }
                 allocations = site_allocations(&s.id, &ders, &snap.orders);
-            }
+                (f..f + n)
+                    .zip(&ders)
+                    .map(|(c, d)| ChildSpec {
+                        id: slots[c].id.clone(),
+                        env: d.envelope(),
+                    })
+                    .collect()
+            } else {
+                (f..f + n)
+                    .map(|c| ChildSpec {
+                        id: slots[c].id.clone(),
+                        // A virtual DER's children are aggregates.
+                        env: envs[agg_no[c] as usize].clone(),
+                    })
+                    .collect()
+            };
             let args = AggregateArgs {
                 id: s.id.clone(),
                 kind: if is_site {

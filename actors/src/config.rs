@@ -17,6 +17,9 @@ pub struct FleetConfig {
     pub max_resplits: u32,
     /// Concurrent spawns while building the tree.
     pub spawn_parallelism: usize,
+    /// A DER whose device has sent no telemetry for this long goes offline
+    /// and leaves the envelope (only DERs that report telemetry age out).
+    pub offline_after: Duration,
 }
 
 impl Default for FleetConfig {
@@ -26,6 +29,7 @@ impl Default for FleetConfig {
             dispatch_timeout: Duration::from_secs(30),
             max_resplits: 3,
             spawn_parallelism: 4,
+            offline_after: Duration::from_secs(60),
         }
     }
 }

@@ -9,38 +9,138 @@
 //! 1M-DER memory, spawn and split targets; a hosted DER costs a few hundred
 //! bytes and is reached with a function call from its site.
 //!
-//! A state change recomputes the envelope ([`vpp_domain::flex::der_envelope`]);
-//! the site folds the change into its sum. A dispatch share is accepted up to
-//! what the device can do now beyond its other commitments; the rest is
-//! refused with a reason, and the site re-splits it. A handler that panics is
-//! caught by the site, which restarts the DER from its persisted state.
+//! A state change recomputes the envelope ([`vpp_domain::flex::der_envelope`]
+//! and [`vpp_domain::flex::der_response`]); the site folds the change into
+//! its sum. A dispatch share is accepted up to what the device can do now
+//! beyond its other commitments; the rest is refused with a reason, and the
+//! site re-splits it. A handler that panics is caught by the site, which
+//! restarts the DER from its persisted state.
+//!
+//! The twin is also the runtime's half of the device shadow (protocol v1,
+//! `docs/device-protocol.md`):
+//!
+//! ```text
+//!   setpoints change ──► desired {version↑, all setpoints} ──► device (retained)
+//!   device ack(version, accepted | applied) ──► setpoints up to version acked
+//!   device ack(version, rejected, reason)   ──► pending setpoints up to version
+//!                                               dropped and handed back to the
+//!                                               site, which re-splits them
+//!   telemetry(seq↑) ──► state, envelope, measured response
+//!   silence > offline_after ──► offline: leaves the envelope
+//! ```
 
 use std::sync::Arc;
 
-use vpp_domain::flex::der_envelope;
+use vpp_domain::flex::{der_envelope, der_response};
 use vpp_domain::{
-    DerSpec, DerState, Direction, DispatchId, DispatchOrder, FlexEnvelope, NodeKind, NodeSpec,
-    Setpoint,
+    DerRating, DerSpec, DerState, Direction, DispatchId, DispatchOrder, FlexEnvelope, NodeKind,
+    NodeSpec, Setpoint,
 };
+use vpp_protocol::{Ack, AckStatus, Desired, DesiredSetpoint, Reject};
 
 use crate::build::FleetCtx;
 use crate::journal::DerRecord;
-use crate::messages::{DispatchOutcome, NodeView, StateRejected};
+use crate::messages::{AckState, DeviceView, DispatchOutcome, NodeView, StateRejected};
 use crate::metrics::Metrics;
+
+/// A setpoint and what the device said about it.
+#[derive(Debug, Clone)]
+struct Held {
+    sp: Setpoint,
+    /// The first desired version that carried it.
+    since_version: u64,
+    ack: AckState,
+}
+
+/// A setpoint the device rejected: the site re-splits it.
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceRefusal {
+    pub(crate) dispatch: DispatchId,
+    pub(crate) power_w: u64,
+    pub(crate) reason: String,
+}
 
 /// One DER, hosted by its site actor.
 pub(crate) struct DerActor {
     spec: Arc<DerSpec>,
     state: DerState,
-    setpoints: Vec<Setpoint>,
+    held: Vec<Held>,
+    /// Net import before the first setpoint now held (for measured response).
+    baseline_w: i64,
+    /// Version of the last desired document (or the fleet's start time, so
+    /// versions keep growing across restarts without being stored).
+    desired_version: u64,
+    /// A desired document was published for it since the fleet started.
+    published: bool,
+    /// Setpoints changed since the last desired document was published.
+    pub(crate) desired_dirty: bool,
+    /// Version the device last reported holding.
+    reported_version: u64,
+    /// When the runtime last heard from the device (runtime clock, ms);
+    /// `None` for DERs that are not tracked by telemetry.
+    heard_ms: Option<u64>,
+}
+
+fn signed(s: &Setpoint) -> i64 {
+    match s.direction {
+        Direction::Up => s.power_w as i64,
+        Direction::Down => -(s.power_w as i64),
+    }
+}
+
+/// Net import before a setpoint was taken, from the setpoint itself.
+fn implied_baseline(s: &Setpoint) -> i64 {
+    s.target_power_w + signed(s)
+}
+
+/// The envelope of a DER restored with `setpoints` none of which the device
+/// has acknowledged yet: what [`DerActor::new`] followed by
+/// [`DerActor::envelope`] gives, without building the actor.
+pub(crate) fn restored_envelope(
+    rating: &DerRating,
+    state: &DerState,
+    setpoints: &[Setpoint],
+) -> FlexEnvelope {
+    let mut env = der_envelope(rating, state);
+    let baseline = setpoints.first().map(implied_baseline).unwrap_or(0);
+    env.response = der_response(
+        state,
+        baseline,
+        setpoints.iter().map(|s| (signed(s), false, false)),
+    );
+    env
 }
 
 impl DerActor {
-    pub(crate) fn new(spec: Arc<DerSpec>, state: DerState, setpoints: Vec<Setpoint>) -> Self {
+    pub(crate) fn new(
+        spec: Arc<DerSpec>,
+        state: DerState,
+        setpoints: Vec<Setpoint>,
+        ctx: &FleetCtx,
+    ) -> Self {
+        let baseline_w = setpoints
+            .first()
+            .map(implied_baseline)
+            .unwrap_or(state.power_w);
+        // An observed state ages out like fresh telemetry would.
+        let heard_ms = (state.seq > 0 && state.online).then_some(ctx.started_ms);
         Self {
             spec,
+            baseline_w,
+            held: setpoints
+                .into_iter()
+                .map(|sp| Held {
+                    sp,
+                    since_version: ctx.started_ms,
+                    ack: AckState::Pending,
+                })
+                .collect(),
             state,
-            setpoints,
+            desired_version: ctx.started_ms,
+            published: false,
+            desired_dirty: false,
+            reported_version: 0,
+            heard_ms,
         }
     }
 
@@ -48,16 +148,30 @@ impl DerActor {
         &self.spec
     }
 
-    /// The DER's envelope now.
+    /// The DER's envelope now, with its response to the orders it holds.
     pub(crate) fn envelope(&self) -> FlexEnvelope {
-        der_envelope(&self.spec.rating, &self.state)
+        let mut env = der_envelope(&self.spec.rating, &self.state);
+        env.response = der_response(
+            &self.state,
+            self.baseline_w,
+            self.held.iter().map(|h| {
+                (
+                    signed(&h.sp),
+                    h.ack != AckState::Pending,
+                    h.ack == AckState::Applied,
+                )
+            }),
+        );
+        env
     }
 
     /// Applies a newer state; returns the new envelope. Older or equal
-    /// sequence numbers (except 0, "unsequenced") are refused.
+    /// sequence numbers (except 0, "unsequenced") are refused. `heard_ms` is
+    /// set for telemetry (the DER then goes offline when it falls silent).
     pub(crate) fn set_state(
         &mut self,
         state: DerState,
+        heard_ms: Option<u64>,
         ctx: &FleetCtx,
     ) -> Result<FlexEnvelope, StateRejected> {
         if state.seq != 0 && state.seq <= self.state.seq {
@@ -67,16 +181,47 @@ impl DerActor {
                 have: self.state.seq,
             });
         }
+        if self.held.is_empty() {
+            self.baseline_w = state.power_w;
+        }
         self.state = state;
+        if heard_ms.is_some() {
+            self.heard_ms = heard_ms;
+        }
         Metrics::inc(&ctx.metrics.states_applied);
         Ok(self.envelope())
     }
 
+    /// Marks the DER offline if its device has been silent since `cutoff_ms`;
+    /// true if it went offline. Telemetry brings it back.
+    pub(crate) fn time_out(&mut self, cutoff_ms: u64) -> bool {
+        match self.heard_ms {
+            Some(h) if h < cutoff_ms && self.state.online => {
+                self.state.online = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The gateway of its site went offline (its last will).
+    pub(crate) fn gateway_offline(&mut self) -> bool {
+        let was = self.state.online;
+        self.state.online = false;
+        was
+    }
+
+    /// Still waiting to hear from a device that is online by telemetry.
+    pub(crate) fn tracked_online(&self) -> bool {
+        self.heard_ms.is_some() && self.state.online
+    }
+
     /// Drops setpoints whose order has ended; true if any was dropped.
+    /// (The device drops them by itself at their end: no document is sent.)
     pub(crate) fn expire(&mut self, now: u64) -> bool {
-        let before = self.setpoints.len();
-        self.setpoints.retain(|s| s.end_ms > now);
-        self.setpoints.len() != before
+        let before = self.held.len();
+        self.held.retain(|h| h.sp.end_ms > now);
+        self.held.len() != before
     }
 
     /// What is persisted of this DER (its site writes one record for all).
@@ -84,16 +229,42 @@ impl DerActor {
         DerRecord {
             id: self.spec.id.clone(),
             state: self.state.clone(),
-            setpoints: self.setpoints.clone(),
+            setpoints: self.setpoints(),
         }
     }
 
+    pub(crate) fn setpoints(&self) -> Vec<Setpoint> {
+        self.held.iter().map(|h| h.sp.clone()).collect()
+    }
+
     fn committed(&self, dir: Direction, except: &DispatchId) -> u64 {
-        self.setpoints
+        self.held
             .iter()
-            .filter(|s| s.direction == dir && &s.dispatch != except)
-            .map(|s| s.power_w)
+            .filter(|h| h.sp.direction == dir && &h.sp.dispatch != except)
+            .map(|h| h.sp.power_w)
             .sum()
+    }
+
+    fn set_setpoint(&mut self, sp: Option<Setpoint>, id: &DispatchId) {
+        let before = self.held.iter().find(|h| &h.sp.dispatch == id).cloned();
+        self.held.retain(|h| &h.sp.dispatch != id);
+        if self.held.is_empty() && sp.is_some() {
+            self.baseline_w = self.state.power_w;
+        }
+        if let Some(sp) = sp {
+            let unchanged = before.as_ref().is_some_and(|b| b.sp == sp);
+            self.held.push(match before {
+                Some(b) if unchanged => b,
+                _ => Held {
+                    sp,
+                    since_version: u64::MAX, // set when published
+                    ack: AckState::Pending,
+                },
+            });
+            self.desired_dirty |= !unchanged;
+        } else {
+            self.desired_dirty |= before.is_some();
+        }
     }
 
     /// Takes up to `share_w` of `order` (its total share, not an increment),
@@ -118,8 +289,7 @@ impl DerActor {
         let accepted = share_w.min(room);
         let reason =
             (accepted < share_w).then(|| why.unwrap_or_else(|| format!("only {room} W available")));
-        self.setpoints.retain(|s| s.dispatch != order.id);
-        if accepted > 0 {
+        let sp = (accepted > 0).then(|| {
             let delta = accepted as i64;
             let target = match dir {
                 Direction::Up => self.state.power_w - delta,
@@ -135,7 +305,7 @@ impl DerActor {
                 }
                 None => rating.ramp_w_per_min,
             };
-            self.setpoints.push(Setpoint {
+            Setpoint {
                 dispatch: order.id.clone(),
                 direction: dir,
                 power_w: accepted,
@@ -143,8 +313,9 @@ impl DerActor {
                 start_ms: order.start_ms,
                 end_ms: order.end_ms(),
                 ramp_w_per_min: ramp,
-            });
-        }
+            }
+        });
+        self.set_setpoint(sp, &order.id);
         Metrics::inc(&ctx.metrics.dispatch_shares);
         DispatchOutcome {
             accepted_w: accepted,
@@ -156,17 +327,112 @@ impl DerActor {
 
     /// Withdraws the setpoint of an order, if any; true if there was one.
     pub(crate) fn cancel(&mut self, id: &DispatchId) -> bool {
-        let before = self.setpoints.len();
-        self.setpoints.retain(|s| &s.dispatch != id);
-        before != self.setpoints.len()
+        let had = self.held.iter().any(|h| &h.sp.dispatch == id);
+        self.set_setpoint(None, id);
+        had
+    }
+
+    /// The next desired document, if the setpoints changed since the last
+    /// one; marks new setpoints as carried by its version.
+    pub(crate) fn take_desired(&mut self, now_ms: u64) -> Option<Desired> {
+        if !self.desired_dirty {
+            return None;
+        }
+        self.desired_dirty = false;
+        Some(self.publish(now_ms))
+    }
+
+    /// The current desired document again (after a broker reconnect), if
+    /// there is anything the device should know.
+    pub(crate) fn republish(&mut self, now_ms: u64) -> Option<Desired> {
+        (self.published || !self.held.is_empty()).then(|| self.publish(now_ms))
+    }
+
+    fn publish(&mut self, now_ms: u64) -> Desired {
+        self.desired_version = (self.desired_version + 1).max(now_ms);
+        self.published = true;
+        let v = self.desired_version;
+        for h in &mut self.held {
+            h.since_version = h.since_version.min(v);
+        }
+        Desired {
+            v: vpp_protocol::VERSION,
+            version: v,
+            setpoints: self
+                .held
+                .iter()
+                .map(|h| DesiredSetpoint::from(&h.sp))
+                .collect(),
+        }
+    }
+
+    /// Applies a device ack. Returns the setpoints the device rejected (to be
+    /// re-split by the site), or why the ack itself is rejected.
+    pub(crate) fn ack(&mut self, ack: &Ack, ctx: &FleetCtx) -> Result<Vec<DeviceRefusal>, Reject> {
+        if ack.version > self.desired_version || !self.published {
+            return Err(Reject::UnknownVersion);
+        }
+        let covered = |h: &Held| h.since_version <= ack.version;
+        let m = &ctx.metrics;
+        match ack.status {
+            AckStatus::Accepted => {
+                Metrics::inc(&m.acks_accepted);
+                for h in self.held.iter_mut().filter(|h| covered(h)) {
+                    if h.ack == AckState::Pending {
+                        h.ack = AckState::Accepted;
+                    }
+                }
+                Ok(Vec::new())
+            }
+            AckStatus::Applied => {
+                Metrics::inc(&m.acks_applied);
+                self.reported_version = self.reported_version.max(ack.version);
+                for h in self.held.iter_mut().filter(|h| covered(h)) {
+                    h.ack = AckState::Applied;
+                }
+                Ok(Vec::new())
+            }
+            AckStatus::Rejected => {
+                Metrics::inc(&m.acks_rejected);
+                let reason: String = ack
+                    .reason
+                    .as_deref()
+                    .unwrap_or("no reason given")
+                    .chars()
+                    .take(200)
+                    .collect();
+                let (gone, kept): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+                    .into_iter()
+                    .partition(|h| covered(h) && h.ack == AckState::Pending);
+                self.held = kept;
+                self.desired_dirty |= !gone.is_empty();
+                Ok(gone
+                    .into_iter()
+                    .map(|h| DeviceRefusal {
+                        dispatch: h.sp.dispatch,
+                        power_w: h.sp.power_w,
+                        reason: format!("device rejected: {reason}"),
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// The device reported the desired version it holds.
+    pub(crate) fn reported(&mut self, version: u64) -> Result<(), Reject> {
+        if version > self.desired_version {
+            return Err(Reject::UnknownVersion);
+        }
+        self.reported_version = self.reported_version.max(version);
+        Ok(())
     }
 
     pub(crate) fn view(&self, env: &FlexEnvelope) -> NodeView {
         let c = |d| {
-            self.setpoints
+            self.held
                 .iter()
-                .filter(|s| s.direction == d)
-                .map(|s| s.power_w)
+                .filter(|h| h.sp.direction == d)
+                .map(|h| h.sp.power_w)
                 .sum()
         };
         NodeView {
@@ -179,8 +445,18 @@ impl DerActor {
             strategy: None,
             children: Vec::new(),
             state: Some(self.state.clone()),
-            setpoints: self.setpoints.clone(),
-            active_dispatches: self.setpoints.iter().map(|s| s.dispatch.clone()).collect(),
+            setpoints: self.setpoints(),
+            active_dispatches: self.held.iter().map(|h| h.sp.dispatch.clone()).collect(),
+            device: Some(DeviceView {
+                desired_version: self.published.then_some(self.desired_version),
+                reported_version: self.reported_version,
+                acks: self
+                    .held
+                    .iter()
+                    .map(|h| (h.sp.dispatch.clone(), h.ack))
+                    .collect(),
+                heard_ms: self.heard_ms,
+            }),
         }
     }
 }

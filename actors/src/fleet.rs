@@ -17,9 +17,11 @@ use vpp_domain::{
 
 use crate::build::{build, Built, FleetCtx, NodeHandle, Snapshot};
 use crate::config::FleetConfig;
+use crate::devices::DeviceLink;
 use crate::journal::Journal;
 use crate::messages::{
-    settle, AggregateMsg, DispatchOutcome, DispatchShare, NodeView, StateRejected,
+    settle, AggregateMsg, DerAddr, DeviceInput, DispatchOutcome, DispatchShare, NodeView,
+    StateRejected,
 };
 use crate::metrics::Metrics;
 use crate::now_ms;
@@ -99,6 +101,7 @@ impl Fleet {
         hierarchy: Hierarchy,
         config: FleetConfig,
         journal: Arc<dyn Journal>,
+        devices: Arc<dyn DeviceLink>,
         metrics: Arc<Metrics>,
     ) -> Result<Fleet, FleetError> {
         let topology = hierarchy.validate().map_err(FleetError::Invalid)?;
@@ -110,7 +113,7 @@ impl Fleet {
             allocations: HashMap::new(),
             orders: HashMap::new(),
         };
-        Self::start_snapshot(snap, config, journal, metrics, None, |_, _| {}).await
+        Self::start_snapshot(snap, config, journal, devices, metrics, None, |_, _| {}).await
     }
 
     /// Rebuilds the fleet from what the store holds: hierarchy, last DER
@@ -120,6 +123,7 @@ impl Fleet {
         store: vpp_store::Store,
         config: FleetConfig,
         journal: Arc<dyn Journal>,
+        devices: Arc<dyn DeviceLink>,
         metrics: Arc<Metrics>,
         progress: impl FnMut(usize, usize),
     ) -> Result<Fleet, FleetError> {
@@ -134,13 +138,23 @@ impl Fleet {
             ms = t.elapsed().as_millis() as u64,
             "loaded from store"
         );
-        Self::start_snapshot(snap, config, journal, metrics, Some(store), progress).await
+        Self::start_snapshot(
+            snap,
+            config,
+            journal,
+            devices,
+            metrics,
+            Some(store),
+            progress,
+        )
+        .await
     }
 
     async fn start_snapshot(
         snap: Snapshot,
         config: FleetConfig,
         journal: Arc<dyn Journal>,
+        devices: Arc<dyn DeviceLink>,
         metrics: Arc<Metrics>,
         store: Option<vpp_store::Store>,
         progress: impl FnMut(usize, usize),
@@ -148,7 +162,7 @@ impl Fleet {
         let (supervisor, _) = Actor::spawn(None, FleetSupervisor, ())
             .await
             .map_err(|e| FleetError::Start(e.to_string()))?;
-        let ctx = Arc::new(FleetCtx::new(config, metrics, journal, store));
+        let ctx = Arc::new(FleetCtx::new(config, metrics, journal, devices, store));
         let Built {
             index,
             sites,
@@ -296,6 +310,55 @@ impl Fleet {
             }
         }
         rejected
+    }
+
+    /// Where DER `der` of site `site` lives, if the hierarchy has it there
+    /// (the device telemetry path: no allocation).
+    pub fn locate_der(&self, site: &str, der: &str) -> Option<DerAddr> {
+        let h = self.inner.index.get(der)?;
+        let i = h.der_idx?;
+        (h.parent.as_ref().map(NodeId::as_str) == Some(site)).then_some(DerAddr {
+            site_no: h.site_no,
+            idx: i,
+        })
+    }
+
+    /// The number of site `site`, if it is one.
+    pub fn locate_site(&self, site: &str) -> Option<u32> {
+        let h = self.inner.index.get(site)?;
+        (h.kind == NodeKind::Site).then_some(h.site_no)
+    }
+
+    /// Hands device messages to their DERs without waiting, one message per
+    /// site. Telemetry goes through the same sequence check as any state.
+    pub fn send_device_inputs(&self, inputs: impl IntoIterator<Item = (DerAddr, DeviceInput)>) {
+        let mut by_site: rustc_hash::FxHashMap<u32, Vec<(u32, DeviceInput)>> = Default::default();
+        for (addr, input) in inputs {
+            by_site
+                .entry(addr.site_no)
+                .or_default()
+                .push((addr.idx, input));
+        }
+        for (site_no, batch) in by_site {
+            if let Some(site) = self.inner.sites.get(site_no as usize) {
+                let _ = site.cast(AggregateMsg::DeviceInputs(batch));
+            }
+        }
+    }
+
+    /// A site's gateway went offline (its last will) or came back online.
+    pub fn gateway_status(&self, site_no: u32, online: bool) {
+        if let Some(site) = self.inner.sites.get(site_no as usize) {
+            let _ = site.cast(AggregateMsg::GatewayStatus(online));
+        }
+    }
+
+    /// Every DER publishes its desired document again (after the device
+    /// link reconnected to a broker that may have lost retained messages).
+    pub fn republish_desired(&self) {
+        for site in &self.inner.sites {
+            let _ = site.cast(AggregateMsg::Republish);
+        }
     }
 
     /// The site actor hosting DER `id` (tests of supervision).

@@ -42,15 +42,19 @@ mod aggregate;
 mod build;
 mod config;
 mod der;
+mod devices;
 mod fleet;
 mod journal;
 mod messages;
 mod metrics;
 
 pub use config::FleetConfig;
+pub use devices::{DeviceLink, NoDevices};
 pub use fleet::{Fleet, FleetError};
 pub use journal::{Journal, NullJournal};
-pub use messages::{ChildView, DispatchOutcome, NodeView, StateRejected};
+pub use messages::{
+    AckState, ChildView, DerAddr, DeviceInput, DeviceView, DispatchOutcome, NodeView, StateRejected,
+};
 pub use metrics::Metrics;
 
 /// Now, Unix ms.

@@ -9,6 +9,7 @@ use vpp_domain::{
     DerState, DispatchId, DispatchOrder, FlexEnvelope, NodeAllocation, NodeId, NodeKind, NodeSpec,
     Setpoint, Strategy,
 };
+use vpp_protocol::Ack;
 
 /// A share of an order sent to a child. `share_w` is the child's *total*
 /// share of the order, not an increment: sending the same share twice is a
@@ -71,8 +72,25 @@ pub(crate) enum AggregateMsg {
         DerState,
         Option<RpcReplyPort<Result<(), StateRejected>>>,
     ),
-    /// New states for several hosted DERs (telemetry batches).
+    /// New states for several hosted DERs (telemetry batches: the DERs then
+    /// time out when their devices fall silent).
     DerStates(Vec<(u32, DerState)>),
+    /// What devices of hosted DERs said (telemetry, acks, reported state).
+    DeviceInputs(Vec<(u32, DeviceInput)>),
+    /// The site's gateway went offline (its last will) or came back.
+    GatewayStatus(bool),
+    /// Time to take silent devices offline.
+    Sweep,
+    /// Publish every DER's desired document again (after a broker reconnect).
+    Republish,
+    /// A child could no longer hold part of its share of an order (a device
+    /// rejected its setpoint after the split): re-split it.
+    ShareRefused {
+        idx: u32,
+        dispatch: DispatchId,
+        refused_w: u64,
+        reason: String,
+    },
     /// What a hosted DER says about itself.
     DerView(u32, RpcReplyPort<Option<NodeView>>),
     /// Makes hosted DER `idx` panic inside its handler (tests of supervision).
@@ -93,6 +111,52 @@ pub struct ChildView {
     pub committed_down_w: u64,
     /// The child actor stopped or panicked and has not come back.
     pub failed: bool,
+}
+
+/// One message from a device, decoded and addressed by the runtime.
+#[derive(Debug, Clone)]
+pub enum DeviceInput {
+    /// A measurement (its DER then times out when the device falls silent).
+    Telemetry(DerState),
+    /// An answer to a desired document.
+    Ack(Ack),
+    /// The desired version the device holds.
+    Reported(u64),
+}
+
+/// Where a DER lives in a fleet: its site's number and its index there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DerAddr {
+    /// The site's number.
+    pub site_no: u32,
+    /// The DER's index at its site.
+    pub idx: u32,
+}
+
+/// What a device said about one setpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckState {
+    /// Published (or about to be); no answer yet.
+    Pending,
+    /// The device will follow it.
+    Accepted,
+    /// The device holds it.
+    Applied,
+}
+
+/// A DER's side of the device shadow.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceView {
+    /// Version of the last desired document published (none yet: `None`).
+    pub desired_version: Option<u64>,
+    /// Version the device last reported or acked as applied.
+    pub reported_version: u64,
+    /// What the device said about each setpoint it holds.
+    pub acks: Vec<(DispatchId, AckState)>,
+    /// When telemetry last arrived, Unix ms (runtime clock); `None` if the
+    /// DER is not tracked by telemetry.
+    pub heard_ms: Option<u64>,
 }
 
 /// What any node says about itself: "what can you do now".
@@ -120,6 +184,8 @@ pub struct NodeView {
     pub setpoints: Vec<Setpoint>,
     /// Orders this node holds an allocation for.
     pub active_dispatches: Vec<DispatchId>,
+    /// The device shadow (DERs).
+    pub device: Option<DeviceView>,
 }
 
 /// Collapses the layers of a ractor call result into one error string.

@@ -26,6 +26,22 @@ pub struct Metrics {
     pub actor_failures: AtomicU64,
     /// DER actors restarted after a failure.
     pub actor_restarts: AtomicU64,
+    /// Desired documents handed to the device link.
+    pub desired_published: AtomicU64,
+    /// Device acks: accepted.
+    pub acks_accepted: AtomicU64,
+    /// Device acks: rejected (their setpoints are re-split).
+    pub acks_rejected: AtomicU64,
+    /// Device acks: applied.
+    pub acks_applied: AtomicU64,
+    /// Acks or reports for a desired version never published.
+    pub acks_unknown_version: AtomicU64,
+    /// Shares re-split after a device rejected its setpoint.
+    pub late_refusals: AtomicU64,
+    /// DERs taken offline because their device fell silent.
+    pub devices_timed_out: AtomicU64,
+    /// DERs taken offline by their gateway's last will.
+    pub gateways_offline: AtomicU64,
 }
 
 impl Metrics {
@@ -37,6 +53,46 @@ impl Metrics {
     pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         vec![
+            (
+                "vpp_desired_published_total",
+                "desired documents handed to the device link",
+                g(&self.desired_published),
+            ),
+            (
+                "vpp_device_acks_accepted_total",
+                "device acks: accepted",
+                g(&self.acks_accepted),
+            ),
+            (
+                "vpp_device_acks_rejected_total",
+                "device acks: rejected (setpoints re-split)",
+                g(&self.acks_rejected),
+            ),
+            (
+                "vpp_device_acks_applied_total",
+                "device acks: applied",
+                g(&self.acks_applied),
+            ),
+            (
+                "vpp_device_acks_unknown_version_total",
+                "acks or reports for a desired version never published",
+                g(&self.acks_unknown_version),
+            ),
+            (
+                "vpp_dispatch_late_refusals_total",
+                "shares re-split after a device rejected its setpoint",
+                g(&self.late_refusals),
+            ),
+            (
+                "vpp_devices_timed_out_total",
+                "DERs taken offline because their device fell silent",
+                g(&self.devices_timed_out),
+            ),
+            (
+                "vpp_gateways_offline_total",
+                "DERs taken offline by their gateway's last will",
+                g(&self.gateways_offline),
+            ),
             (
                 "vpp_rollup_reports_sent_total",
                 "envelope reports sent from a child to its parent",

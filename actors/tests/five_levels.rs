@@ -92,6 +92,7 @@ async fn start(h: Hierarchy, rollup: Duration) -> Fleet {
         h,
         config(rollup),
         Arc::new(NullJournal),
+        Arc::new(vpp_actors::NoDevices),
         Arc::new(Metrics::default()),
     )
     .await

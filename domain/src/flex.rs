@@ -15,6 +15,11 @@
 //!   virtual = Σ env_site | env_virtual
 //!   root    = whole fleet
 //! ```
+//!
+//! Beside the per-kind flexibility, every envelope carries a [`Response`]:
+//! how much of the active orders the devices under the node were asked for,
+//! acknowledged and measurably deliver (from telemetry). It rolls up the same
+//! way, so the root's "delivered" figure moves as devices respond.
 
 use serde::{Deserialize, Serialize};
 
@@ -80,11 +85,55 @@ impl KindFlex {
     }
 }
 
-/// What a node can do now, per DER kind. See the module docs.
+/// How the devices under a node answer the orders they hold: requested,
+/// acknowledged and measured response. Signed watts, positive = up (less
+/// import / more export), summed over DERs like the rest of the envelope.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// DERs holding at least one setpoint.
+    pub commanded: u64,
+    /// Of those, DERs whose device acknowledged every setpoint it holds.
+    pub acked: u64,
+    /// Of those, DERs whose device says it holds the target.
+    pub applied: u64,
+    /// Σ setpoints held, W (up +).
+    pub requested_w: i64,
+    /// Σ setpoints the device acknowledged, W (up +).
+    pub acked_w: i64,
+    /// Σ measured response: power before the order minus power now, from
+    /// telemetry, W (up +). Zero until telemetry arrives.
+    pub delivered_w: i64,
+}
+
+impl Response {
+    fn add(&mut self, o: &Response) {
+        self.commanded += o.commanded;
+        self.acked += o.acked;
+        self.applied += o.applied;
+        self.requested_w += o.requested_w;
+        self.acked_w += o.acked_w;
+        self.delivered_w += o.delivered_w;
+    }
+
+    fn sub(&mut self, o: &Response) {
+        self.commanded = self.commanded.saturating_sub(o.commanded);
+        self.acked = self.acked.saturating_sub(o.acked);
+        self.applied = self.applied.saturating_sub(o.applied);
+        self.requested_w -= o.requested_w;
+        self.acked_w -= o.acked_w;
+        self.delivered_w -= o.delivered_w;
+    }
+}
+
+/// What a node can do now, per DER kind, and how it answers the orders it
+/// holds. See the module docs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlexEnvelope {
     /// Indexed by [`DerKind::index`].
     pub by_kind: [KindFlex; DerKind::COUNT],
+    /// Response to active orders.
+    #[serde(default)]
+    pub response: Response,
 }
 
 impl FlexEnvelope {
@@ -98,6 +147,7 @@ impl FlexEnvelope {
         for (a, b) in self.by_kind.iter_mut().zip(other.by_kind.iter()) {
             a.add(b);
         }
+        self.response.add(&other.response);
     }
 
     /// Removes `other` from `self` (a child's previous report).
@@ -105,6 +155,7 @@ impl FlexEnvelope {
         for (a, b) in self.by_kind.iter_mut().zip(other.by_kind.iter()) {
             a.sub(b);
         }
+        self.response.sub(&other.response);
     }
 
     /// Replaces a child's contribution: `self - old + new`.
@@ -166,6 +217,38 @@ fn clamp_u(v: i64) -> u64 {
 fn soc_energy(energy_wh: u64, from_pct: f32, to_pct: f32) -> u64 {
     let span = (to_pct - from_pct).max(0.0) as f64 / 100.0;
     (energy_wh as f64 * span).round() as u64
+}
+
+/// One DER's [`Response`]. `baseline_w` is its net import before it took
+/// its first active setpoint; `held` lists its setpoints as (signed W with up
+/// positive, acknowledged, applied).
+pub fn der_response(
+    state: &DerState,
+    baseline_w: i64,
+    held: impl IntoIterator<Item = (i64, bool, bool)>,
+) -> Response {
+    let mut r = Response::default();
+    let mut n = 0;
+    let (mut all_acked, mut all_applied) = (true, true);
+    for (w, acked, applied) in held {
+        n += 1;
+        r.requested_w += w;
+        if acked || applied {
+            r.acked_w += w;
+        }
+        all_acked &= acked || applied;
+        all_applied &= applied;
+    }
+    if n == 0 {
+        return Response::default();
+    }
+    r.commanded = 1;
+    r.acked = u64::from(all_acked);
+    r.applied = u64::from(all_applied);
+    if state.online {
+        r.delivered_w = baseline_w - state.power_w;
+    }
+    r
 }
 
 /// The envelope of one DER: what its physics allow from its current state.
@@ -301,6 +384,36 @@ mod tests {
         let s = DerState::nominal(&r);
         let p = *der_envelope(&r, &s).kind(DerKind::Pv);
         assert_eq!((p.up_w, p.down_w), (0, 2400));
+    }
+
+    #[test]
+    fn response_rolls_up() {
+        let r = battery();
+        let mut s = DerState::nominal(&r);
+        s.power_w = -1500; // discharging 1.5 kW after an up order of 2 kW
+        let a = der_response(&s, 0, [(2000, true, false)]);
+        assert_eq!(
+            (
+                a.commanded,
+                a.acked,
+                a.applied,
+                a.requested_w,
+                a.acked_w,
+                a.delivered_w
+            ),
+            (1, 1, 0, 2000, 2000, 1500)
+        );
+        let b = der_response(&s, 0, [(1000, false, false), (-500, true, true)]);
+        assert_eq!((b.acked, b.acked_w, b.requested_w), (0, -500, 500));
+        assert_eq!(der_response(&s, 0, []), Response::default());
+        let mut e = FlexEnvelope::zero();
+        e.response = a;
+        let mut total = FlexEnvelope::zero();
+        total.add(&e);
+        total.add(&e);
+        assert_eq!(total.response.delivered_w, 3000);
+        total.sub(&e);
+        assert_eq!(total.response, a);
     }
 
     #[test]

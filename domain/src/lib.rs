@@ -39,7 +39,7 @@ pub use dispatch::{
     AllocationSummary, Direction, DispatchOrder, DispatchRecord, DispatchStatus, NodeAllocation,
     Refusal, Setpoint, Strategy,
 };
-pub use flex::{FlexEnvelope, KindFlex};
+pub use flex::{FlexEnvelope, KindFlex, Response};
 pub use hierarchy::{
     DerSpec, Hierarchy, HierarchyError, NodeKind, NodeSpec, SiteSpec, Topology, VirtualDerSpec,
 };

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::RwLock;
-use vpp_actors::{Fleet, FleetError, Metrics, NodeView};
+use vpp_actors::{DeviceLink, Fleet, FleetError, Metrics, NoDevices, NodeView};
 use vpp_domain::{
     AllocationSummary, DerState, DispatchId, DispatchOrder, DispatchRecord, DispatchStatus,
     FlexEnvelope, Hierarchy, HierarchyError, NodeAllocation, NodeId, NodeKind, NodeSpec,
@@ -107,6 +107,8 @@ pub struct Node {
     write_behind: std::sync::Mutex<Option<WriteBehind>>,
     writer: WriteBehindHandle,
     fleet: RwLock<Option<Fleet>>,
+    /// Where DER actors send desired documents (MQTT, or nowhere).
+    devices: Arc<dyn DeviceLink>,
     metrics: Arc<Metrics>,
     /// Rejected input, by route and reason.
     pub rejections: Rejections,
@@ -119,6 +121,14 @@ impl Node {
     /// imported before), then finishes any split that was accepted but not
     /// completed before a crash.
     pub async fn open(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
+        Self::open_with(config, Arc::new(NoDevices)).await
+    }
+
+    /// [`Node::open`] with DER actors reaching their devices through `devices`.
+    pub async fn open_with(
+        config: NodeConfig,
+        devices: Arc<dyn DeviceLink>,
+    ) -> Result<Arc<Node>, NodeError> {
         let opts = StoreOptions {
             cache_bytes: config.store.cache_mb * 1024 * 1024,
             flush_every_ms: Some(config.store.flush_every_ms),
@@ -141,6 +151,7 @@ impl Node {
             write_behind: std::sync::Mutex::new(Some(wb)),
             writer,
             fleet: RwLock::new(None),
+            devices,
             metrics: Arc::new(Metrics::default()),
             rejections: Rejections::default(),
             splits_running: AtomicU64::new(0),
@@ -209,6 +220,7 @@ impl Node {
             self.store.clone(),
             self.config.fleet(),
             Arc::new(self.writer.clone()),
+            self.devices.clone(),
             self.metrics.clone(),
             |done, total| tracing::debug!(done, total, "spawning actors"),
         )

@@ -80,9 +80,10 @@ impl Aggregate {
             order: order.clone(),
             shares: vec![0; n],
             outcomes: vec![None; n],
+            refused: vec![false; n],
             record: NodeAllocation::empty(order.id.clone(), self.id.clone()),
         });
-        let mut refused = vec![false; n];
+        let mut refused = std::mem::take(&mut alloc.refused);
         let mut rounds = 0u32;
         loop {
             let placed: u64 = alloc.shares.iter().sum();
@@ -119,8 +120,10 @@ impl Aggregate {
                         d.expire(now);
                         d.dispatch(&order, want, available, ctx)
                     }));
+                    self.der_changed(myself, i);
                 }
                 self.ders_dirty = true;
+                self.desired_pending = true;
                 out
             };
             let now = now_ms();
@@ -166,6 +169,7 @@ impl Aggregate {
             rounds += 1;
         }
 
+        alloc.refused = refused;
         let placed: u64 = alloc.shares.iter().sum();
         let rec = &mut alloc.record;
         rec.requested_w = share.share_w;
@@ -221,8 +225,10 @@ impl Aggregate {
         if !self.ders.is_empty() {
             for i in holders {
                 let _ = self.with_der(myself, i, |d, _| d.cancel(id));
+                self.der_changed(myself, i);
             }
             self.ders_dirty = true;
+            self.desired_pending = true;
             return;
         }
         let timeout = self.ctx.config.dispatch_timeout;
@@ -238,5 +244,54 @@ impl Aggregate {
                 }
             });
         futures::future::join_all(futs).await;
+    }
+
+    /// Child `idx` can no longer hold `refused_w` of its share of order `id`
+    /// (a device rejected its setpoint after the split): take it off the
+    /// child, re-split it among the others, and pass what still cannot be
+    /// placed on to the parent.
+    pub(crate) async fn share_refused(
+        &mut self,
+        myself: &ActorRef<AggregateMsg>,
+        idx: usize,
+        id: &DispatchId,
+        refused_w: u64,
+        reason: String,
+    ) {
+        let Some(alloc) = self.allocs.get_mut(id) else {
+            return; // ended or cancelled meanwhile
+        };
+        if idx >= alloc.shares.len() {
+            return;
+        }
+        let before: u64 = alloc.shares.iter().sum();
+        let cut = refused_w.min(alloc.shares[idx]);
+        alloc.shares[idx] -= cut;
+        alloc.refused[idx] = true;
+        Metrics::inc(&self.ctx.metrics.late_refusals);
+        tracing::info!(node = %self.id, child = %self.children[idx].id, order = %id, refused_w = cut, %reason, "share refused after the split; re-splitting");
+        alloc.record.refusals.push(Refusal {
+            child: self.children[idx].id.clone(),
+            refused_w: cut,
+            reason: reason.clone(),
+        });
+        let share = DispatchShare {
+            order: alloc.order.clone(),
+            share_w: alloc.record.requested_w,
+            deadline: Instant::now() + self.ctx.config.dispatch_timeout,
+        };
+        let out = self.dispatch(myself, share).await;
+        let lost = before.saturating_sub(out.accepted_w);
+        if lost == 0 {
+            return;
+        }
+        if let Some((parent, my_idx)) = &self.parent {
+            let _ = parent.cast(AggregateMsg::ShareRefused {
+                idx: *my_idx,
+                dispatch: id.clone(),
+                refused_w: lost,
+                reason: out.reason.unwrap_or(reason),
+            });
+        }
     }
 }

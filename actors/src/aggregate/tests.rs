@@ -55,6 +55,7 @@ async fn a_panicking_der_is_restarted_and_its_site_lives_on() {
         one_site(),
         FleetConfig::default(),
         Arc::new(NullJournal),
+        Arc::new(crate::NoDevices),
         metrics.clone(),
     )
     .await

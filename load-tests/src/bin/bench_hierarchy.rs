@@ -147,6 +147,7 @@ async fn cold_start(dir: &std::path::Path, expect: Option<&str>) -> Result<()> {
         store.clone(),
         FleetConfig::default(),
         Arc::new(wb.handle()),
+        Arc::new(vpp_actors::NoDevices),
         Arc::new(Metrics::default()),
         |_, _| {},
     )
@@ -258,6 +259,7 @@ async fn run(args: Args) -> Result<()> {
         store.clone(),
         config.clone(),
         journal(&wb),
+        Arc::new(vpp_actors::NoDevices),
         Arc::new(Metrics::default()),
         |_, _| {},
     )

@@ -1,0 +1,22 @@
+//! Where DER actors send desired documents for their devices.
+//!
+//! The runtime implements [`DeviceLink`] over MQTT (topic and encoding from
+//! `vpp-protocol`); tests use [`NoDevices`] or a recording link. Like the
+//! [`crate::Journal`], it must not block: sites call it from their handlers.
+
+use vpp_domain::NodeId;
+use vpp_protocol::Desired;
+
+/// Delivers desired documents to devices.
+pub trait DeviceLink: Send + Sync + 'static {
+    /// Publish the desired document of DER `der` at `site` (retained).
+    fn desired(&self, site: &NodeId, der: &NodeId, doc: &Desired);
+}
+
+/// Reaches no device (fleets without a broker, tests of pure actor logic).
+#[derive(Debug, Default)]
+pub struct NoDevices;
+
+impl DeviceLink for NoDevices {
+    fn desired(&self, _: &NodeId, _: &NodeId, _: &Desired) {}
+}

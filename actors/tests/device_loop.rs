@@ -1,0 +1,307 @@
+//! The DER actors' half of the device shadow, without a broker: desired
+//! documents go out when setpoints change, acks come back, a rejected
+//! setpoint is re-split (across sites when its own site has no room left),
+//! telemetry moves the measured response at the root, and silent devices or
+//! a gateway's last will take DERs out of the envelope.
+//!
+//! Run: `cargo test -p vpp-actors --test device_loop`
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vpp_actors::{DeviceInput, DeviceLink, Fleet, FleetConfig, Metrics, NullJournal};
+use vpp_domain::{
+    DerKind, DerRating, DerSpec, DerState, Direction, DispatchId, DispatchOrder, Hierarchy,
+    Location, NodeId, Segment, SiteSpec, Strategy, VirtualDerSpec,
+};
+use vpp_protocol::{Ack, AckStatus, Desired};
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+/// Records every desired document.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(String, String, Desired)>>);
+
+impl DeviceLink for Recorder {
+    fn desired(&self, site: &NodeId, der: &NodeId, doc: &Desired) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((site.to_string(), der.to_string(), doc.clone()));
+    }
+}
+
+impl Recorder {
+    fn latest(&self, der: &str) -> Option<Desired> {
+        let docs = self.0.lock().unwrap();
+        docs.iter().rev().find(|d| d.1 == der).map(|d| d.2.clone())
+    }
+}
+
+/// root → 2 sites × 2 batteries of 5 kW (pro rata, so every DER is used).
+fn hierarchy() -> Hierarchy {
+    let mut h = Hierarchy::default();
+    h.virtual_ders.push(VirtualDerSpec {
+        id: id("root"),
+        name: "root".into(),
+        parent: None,
+        strategy: Strategy::ProRata,
+    });
+    for s in 0..2 {
+        let site = format!("s{s}");
+        h.sites.push(SiteSpec {
+            id: id(&site),
+            name: site.clone(),
+            parent: id("root"),
+            location: Location {
+                lat: 50.0,
+                lon: 5.0,
+                zone: "z".into(),
+                feeder: "f".into(),
+            },
+            segment: Segment::Residential,
+            owner: "o".into(),
+            strategy: Strategy::ProRata,
+        });
+        for b in 0..2 {
+            let mut rating = DerRating::new(DerKind::Battery, 5_000, 5_000);
+            rating.energy_wh = 10_000;
+            rating.ramp_w_per_min = 5_000;
+            h.ders.push(DerSpec {
+                id: id(&format!("{site}b{b}")),
+                name: String::new(),
+                site: id(&site),
+                rating,
+            });
+        }
+    }
+    h
+}
+
+async fn start(offline_after: Duration) -> (Fleet, Arc<Recorder>, Arc<Metrics>) {
+    let rec = Arc::new(Recorder::default());
+    let metrics = Arc::new(Metrics::default());
+    let config = FleetConfig {
+        rollup_interval: Duration::from_millis(5),
+        offline_after,
+        ..FleetConfig::default()
+    };
+    let fleet = Fleet::start(
+        hierarchy(),
+        config,
+        Arc::new(NullJournal),
+        rec.clone(),
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
+    (fleet, rec, metrics)
+}
+
+fn order(power_w: u64) -> Arc<DispatchOrder> {
+    Arc::new(DispatchOrder {
+        id: DispatchId::new("o1").unwrap(),
+        target: id("root"),
+        direction: Direction::Up,
+        power_w,
+        start_ms: vpp_actors::now_ms(),
+        duration_s: 3600,
+        ramp_w_per_min: None,
+        created_ms: vpp_actors::now_ms(),
+    })
+}
+
+fn ack(fleet: &Fleet, site: &str, der: &str, version: u64, status: AckStatus) {
+    let addr = fleet.locate_der(site, der).expect("der is at site");
+    let reason = (status == AckStatus::Rejected).then(|| "battery below reserve".to_string());
+    fleet.send_device_inputs([(
+        addr,
+        DeviceInput::Ack(Ack {
+            v: 1,
+            version,
+            status,
+            reason,
+        }),
+    )]);
+}
+
+fn telemetry(fleet: &Fleet, site: &str, der: &str, seq: u64, power_w: i64) {
+    let addr = fleet.locate_der(site, der).unwrap();
+    fleet.send_device_inputs([(
+        addr,
+        DeviceInput::Telemetry(DerState {
+            online: true,
+            power_w,
+            soc_pct: Some(50.0),
+            temperature_c: None,
+            accepts_control: true,
+            updated_ms: vpp_actors::now_ms(),
+            seq,
+        }),
+    )]);
+}
+
+/// Polls `f` until it returns `Some`, failing after `secs`.
+async fn eventually<T, F, Fut>(secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const DERS: [(&str, &str); 4] = [
+    ("s0", "s0b0"),
+    ("s0", "s0b1"),
+    ("s1", "s1b0"),
+    ("s1", "s1b1"),
+];
+
+#[tokio::test]
+async fn acks_rejections_and_telemetry_close_the_loop() {
+    let (fleet, rec, metrics) = start(Duration::from_secs(60)).await;
+    // 8 kW up over four 5 kW batteries: 2 kW each.
+    let out = fleet.dispatch(order(8_000)).await.unwrap();
+    assert_eq!(out.accepted_w, 8_000);
+    for (_, der) in DERS {
+        let d = rec.latest(der).expect("a desired document per DER");
+        assert_eq!(d.setpoints.len(), 1);
+        assert_eq!(d.setpoints[0].power_w, 2_000);
+    }
+    let root = fleet.view(&id("root")).await.unwrap();
+    assert_eq!(root.envelope.response.commanded, 4);
+    assert_eq!(root.envelope.response.requested_w, 8_000);
+    assert_eq!(root.envelope.response.acked, 0);
+
+    // Three accept; s0b0 rejects: its 2 kW go to s0b1 (same site, room 3 kW).
+    for (site, der) in &DERS[1..] {
+        let v = rec.latest(der).unwrap().version;
+        ack(&fleet, site, der, v, AckStatus::Accepted);
+    }
+    let v0 = rec.latest("s0b0").unwrap().version;
+    ack(&fleet, "s0", "s0b0", v0, AckStatus::Rejected);
+    let d = eventually(5, || async {
+        let d = rec.latest("s0b1")?;
+        (d.setpoints.first()?.power_w == 4_000).then_some(d)
+    })
+    .await;
+    assert!(rec.latest("s0b0").unwrap().setpoints.is_empty());
+    let s0 = fleet.allocation(&order(8_000).id, &id("s0")).await.unwrap();
+    let s0 = s0.expect("site allocation");
+    assert_eq!(s0.allocated_w, 4_000);
+    assert!(
+        s0.refusals
+            .iter()
+            .any(|r| r.child == id("s0b0") && r.reason.contains("battery below reserve")),
+        "{:?}",
+        s0.refusals
+    );
+    assert_eq!(
+        metrics
+            .late_refusals
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    // s0b1 now rejects its bigger setpoint too: site s0 cannot place 4 kW,
+    // the root moves it to site s1 (3 kW of room each).
+    ack(&fleet, "s0", "s0b1", d.version, AckStatus::Rejected);
+    eventually(5, || async {
+        let a = rec.latest("s1b0")?.setpoints.first()?.power_w;
+        let b = rec.latest("s1b1")?.setpoints.first()?.power_w;
+        (a + b == 8_000).then_some(())
+    })
+    .await;
+    let root_alloc = fleet
+        .allocation(&order(8_000).id, &id("root"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(root_alloc.allocated_w, 8_000);
+    assert_eq!(root_alloc.shortfall_w, 0);
+    assert!(root_alloc.refusals.iter().any(|r| r.child == id("s0")));
+
+    // Both s1 batteries accept and apply; telemetry shows them discharging.
+    for der in ["s1b0", "s1b1"] {
+        let v = rec.latest(der).unwrap().version;
+        ack(&fleet, "s1", der, v, AckStatus::Applied);
+        telemetry(&fleet, "s1", der, 1, -4_000);
+    }
+    let resp = eventually(5, || async {
+        let r = fleet.view(&id("root")).await.ok()?.envelope.response;
+        (r.applied == 2 && r.delivered_w == 8_000).then_some(r)
+    })
+    .await;
+    assert_eq!(resp.commanded, 2);
+    assert_eq!(resp.acked_w, 8_000);
+
+    // An ack for a version never published is refused and counted.
+    ack(&fleet, "s1", "s1b0", u64::MAX, AckStatus::Accepted);
+    eventually(5, || async {
+        (metrics
+            .acks_unknown_version
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1)
+            .then_some(())
+    })
+    .await;
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn silent_devices_and_gateway_wills_leave_the_envelope() {
+    let (fleet, _rec, metrics) = start(Duration::from_millis(300)).await;
+    let online = |f: Fleet| async move { f.refresh(&id("root")).await.unwrap().total().online };
+    assert_eq!(online(fleet.clone()).await, 4, "nominal state: all online");
+    // Only s1b0 reports telemetry; it is then tracked and times out when silent.
+    telemetry(&fleet, "s1", "s1b0", 10, 0);
+    eventually(5, || async {
+        (metrics
+            .devices_timed_out
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(online(fleet.clone()).await, 3);
+    // Telemetry brings it back.
+    telemetry(&fleet, "s1", "s1b0", 11, 0);
+    eventually(5, || async {
+        (online(fleet.clone()).await == 4).then_some(())
+    })
+    .await;
+    // The s0 gateway's last will takes both its DERs out.
+    fleet.gateway_status(fleet.locate_site("s0").unwrap(), false);
+    eventually(5, || async {
+        (online(fleet.clone()).await <= 2).then_some(())
+    })
+    .await;
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn republish_sends_current_documents_with_newer_versions() {
+    let (fleet, rec, _) = start(Duration::from_secs(60)).await;
+    fleet.dispatch(order(4_000)).await.unwrap();
+    let before = rec.latest("s0b0").unwrap();
+    fleet.republish_desired();
+    let after = eventually(5, || async {
+        let d = rec.latest("s0b0")?;
+        (d.version > before.version).then_some(d)
+    })
+    .await;
+    assert_eq!(after.setpoints, before.setpoints);
+    fleet.stop().await;
+}
