@@ -625,7 +625,9 @@ impl Aggregate {
             let i = idx as usize;
             match input {
                 DeviceInput::Telemetry(state) => {
-                    let _ = self.der_state(myself, i, state, Some(now));
+                    if self.der_state(myself, i, state, Some(now)).is_err() {
+                        Metrics::inc(&self.ctx.metrics.telemetry_replayed);
+                    }
                 }
                 DeviceInput::Ack(ack) => {
                     match self.with_der(myself, i, |d, ctx| d.ack(&ack, ctx)) {

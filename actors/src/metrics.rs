@@ -26,6 +26,8 @@ pub struct Metrics {
     pub actor_failures: AtomicU64,
     /// DER actors restarted after a failure.
     pub actor_restarts: AtomicU64,
+    /// Telemetry dropped: sequence number not newer than the last applied.
+    pub telemetry_replayed: AtomicU64,
     /// Desired documents handed to the device link.
     pub desired_published: AtomicU64,
     /// Device acks: accepted.
@@ -53,6 +55,11 @@ impl Metrics {
     pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         vec![
+            (
+                "vpp_telemetry_replayed_total",
+                "telemetry dropped for a sequence number not newer than the last",
+                g(&self.telemetry_replayed),
+            ),
             (
                 "vpp_desired_published_total",
                 "desired documents handed to the device link",

@@ -1,0 +1,188 @@
+//! The runtime's side of device protocol v1 (`docs/device-protocol.md`):
+//! desired documents out, device messages in.
+//!
+//! ```text
+//!   DER actor ──desired──► DesiredOut ──JSON, QoS 1, retained──► broker ──► device
+//!   device ──telemetry/ack/reported/status──► broker ──► Ingest::route
+//!        ──(decode, check, address)──► Fleet::send_device_inputs (one message per site)
+//!        └─ rejected: counted per reason, logged at most once per reason per 10 s
+//! ```
+//!
+//! Every check that needs no actor happens here (topic, shard, size, encoding,
+//! version, ranges, whether the DER exists at that site); the DER actor then
+//! drops replayed sequence numbers and acks for versions it never published
+//! (counted in the fleet's metrics, merged into the same reason counter).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vpp_actors::{DerAddr, DeviceInput, DeviceLink, Fleet, Metrics};
+use vpp_domain::NodeId;
+use vpp_protocol::{
+    decode, encode_json, topic::der_topic, Ack, Channel, Desired, Reject, Reported, Status,
+    Telemetry, Topic,
+};
+
+/// Publishes a desired document: `(topic, payload)`, QoS 1, retained.
+pub type PublishFn = dyn Fn(String, Vec<u8>) + Send + Sync;
+
+/// The [`DeviceLink`] over MQTT.
+pub struct DesiredOut {
+    publish: Box<PublishFn>,
+}
+
+impl DesiredOut {
+    /// Sends documents through `publish` (must not block).
+    pub fn new(publish: impl Fn(String, Vec<u8>) + Send + Sync + 'static) -> Self {
+        Self {
+            publish: Box::new(publish),
+        }
+    }
+}
+
+impl DeviceLink for DesiredOut {
+    fn desired(&self, site: &NodeId, der: &NodeId, doc: &Desired) {
+        (self.publish)(
+            der_topic(site.as_str(), der.as_str(), Channel::Desired),
+            encode_json(doc),
+        );
+    }
+}
+
+/// What a valid device message turns into.
+#[derive(Debug)]
+pub enum Routed {
+    /// For one DER's actor.
+    Der(DerAddr, DeviceInput),
+    /// A site gateway's status (site number, online).
+    Gateway(u32, bool),
+}
+
+/// Counters of device messages, by outcome.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Accepted and handed to the fleet.
+    pub accepted: AtomicU64,
+    /// Rejected here, by [`Reject::index`].
+    rejected: [AtomicU64; Reject::ALL.len()],
+    /// Arrived while no hierarchy was loaded.
+    pub no_fleet: AtomicU64,
+    /// Desired documents published.
+    pub desired_out: AtomicU64,
+    /// (Re)connections to the broker.
+    pub connects: AtomicU64,
+    last_log: Mutex<[Option<Instant>; Reject::ALL.len()]>,
+    suppressed: [AtomicU64; Reject::ALL.len()],
+}
+
+/// One warning per reason per this long; the rest are counted as suppressed.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl IngestStats {
+    /// Counts a rejection and logs it, at most once per reason per 10 s.
+    pub fn reject(&self, reason: Reject, topic: &str) {
+        let i = reason.index();
+        self.rejected[i].fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let due = match self.last_log.lock() {
+            Ok(mut last) => {
+                let due = last[i].is_none_or(|t| now.duration_since(t) >= LOG_EVERY);
+                if due {
+                    last[i] = Some(now);
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if due {
+            let suppressed = self.suppressed[i].swap(0, Ordering::Relaxed);
+            let topic: String = topic.chars().take(200).collect();
+            tracing::warn!(reason = reason.as_str(), %topic, suppressed, "device message rejected: {reason}");
+        } else {
+            self.suppressed[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Rejections per reason, including those the DER actors counted
+    /// (replayed sequence numbers, unknown desired versions).
+    pub fn rejected(&self, fleet: &Metrics) -> Vec<(Reject, u64)> {
+        Reject::ALL
+            .iter()
+            .map(|r| {
+                let mut n = self.rejected[r.index()].load(Ordering::Relaxed);
+                n += match r {
+                    Reject::Replayed => fleet.telemetry_replayed.load(Ordering::Relaxed),
+                    Reject::UnknownVersion => fleet.acks_unknown_version.load(Ordering::Relaxed),
+                    _ => 0,
+                };
+                (*r, n)
+            })
+            .collect()
+    }
+}
+
+/// Decodes, checks and addresses one device message.
+pub fn route(fleet: &Fleet, topic: &str, payload: &[u8]) -> Result<Routed, Reject> {
+    let t = Topic::parse(topic)?;
+    match (t.channel, t.der) {
+        (Channel::Status, _) => {
+            let site = fleet.locate_site(t.site).ok_or(Reject::UnknownDevice)?;
+            let s: Status = decode(payload)?;
+            Ok(Routed::Gateway(site, s.online))
+        }
+        (Channel::Desired, _) => Err(Reject::ReadOnly),
+        (_, None) => Err(Reject::Topic),
+        (channel, Some(der)) => {
+            let addr = fleet.locate_der(t.site, der).ok_or(Reject::UnknownDevice)?;
+            let input = match channel {
+                Channel::Telemetry => {
+                    let m: Telemetry = decode(payload)?;
+                    m.validate()?;
+                    DeviceInput::Telemetry(m.to_state())
+                }
+                Channel::Ack => {
+                    let m: Ack = decode(payload)?;
+                    if m.version == 0 || m.reason.as_ref().is_some_and(|r| r.len() > 1024) {
+                        return Err(Reject::OutOfRange);
+                    }
+                    DeviceInput::Ack(m)
+                }
+                Channel::Reported => {
+                    let m: Reported = decode(payload)?;
+                    DeviceInput::Reported(m.version)
+                }
+                Channel::Status | Channel::Desired => return Err(Reject::Topic),
+            };
+            Ok(Routed::Der(addr, input))
+        }
+    }
+}
+
+/// Routes a batch of messages and hands the valid ones to the fleet, one
+/// actor message per site.
+pub fn ingest_batch(
+    fleet: &Fleet,
+    stats: &IngestStats,
+    batch: impl IntoIterator<Item = (impl AsRef<str>, impl AsRef<[u8]>)>,
+) {
+    let mut inputs = Vec::new();
+    for (topic, payload) in batch {
+        let topic = topic.as_ref();
+        match route(fleet, topic, payload.as_ref()) {
+            Ok(Routed::Der(addr, input)) => inputs.push((addr, input)),
+            Ok(Routed::Gateway(site, online)) => fleet.gateway_status(site, online),
+            Err(r) => {
+                stats.reject(r, topic);
+                continue;
+            }
+        }
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+    if !inputs.is_empty() {
+        fleet.send_device_inputs(inputs);
+    }
+}
+
+/// Shared handle.
+pub type SharedIngestStats = Arc<IngestStats>;
