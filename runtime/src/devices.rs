@@ -30,19 +30,25 @@ pub type PublishFn = dyn Fn(String, Vec<u8>) + Send + Sync;
 /// The [`DeviceLink`] over MQTT.
 pub struct DesiredOut {
     publish: Box<PublishFn>,
+    stats: Arc<IngestStats>,
 }
 
 impl DesiredOut {
-    /// Sends documents through `publish` (must not block).
-    pub fn new(publish: impl Fn(String, Vec<u8>) + Send + Sync + 'static) -> Self {
+    /// Sends documents through `publish` (must not block), counting them.
+    pub fn new(
+        publish: impl Fn(String, Vec<u8>) + Send + Sync + 'static,
+        stats: Arc<IngestStats>,
+    ) -> Self {
         Self {
             publish: Box::new(publish),
+            stats,
         }
     }
 }
 
 impl DeviceLink for DesiredOut {
     fn desired(&self, site: &NodeId, der: &NodeId, doc: &Desired) {
+        self.stats.desired_out.fetch_add(1, Ordering::Relaxed);
         (self.publish)(
             der_topic(site.as_str(), der.as_str(), Channel::Desired),
             encode_json(doc),

@@ -30,6 +30,7 @@ use vpp_store::{
 };
 
 use crate::config::NodeConfig;
+use crate::devices::IngestStats;
 
 /// Why a node operation failed. The API maps each to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +113,8 @@ pub struct Node {
     metrics: Arc<Metrics>,
     /// Rejected input, by route and reason.
     pub rejections: Rejections,
+    /// Device messages in and desired documents out.
+    pub ingest: Arc<IngestStats>,
     splits_running: AtomicU64,
     started: Instant,
 }
@@ -121,13 +124,15 @@ impl Node {
     /// imported before), then finishes any split that was accepted but not
     /// completed before a crash.
     pub async fn open(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
-        Self::open_with(config, Arc::new(NoDevices)).await
+        Self::open_with(config, Arc::new(NoDevices), Arc::default()).await
     }
 
-    /// [`Node::open`] with DER actors reaching their devices through `devices`.
+    /// [`Node::open`] with DER actors reaching their devices through
+    /// `devices`, counting device traffic in `ingest`.
     pub async fn open_with(
         config: NodeConfig,
         devices: Arc<dyn DeviceLink>,
+        ingest: Arc<IngestStats>,
     ) -> Result<Arc<Node>, NodeError> {
         let opts = StoreOptions {
             cache_bytes: config.store.cache_mb * 1024 * 1024,
@@ -154,6 +159,7 @@ impl Node {
             devices,
             metrics: Arc::new(Metrics::default()),
             rejections: Rejections::default(),
+            ingest,
             splits_running: AtomicU64::new(0),
             started: Instant::now(),
         });

@@ -1,5 +1,6 @@
 //! Health, metrics and the 404 for unknown routes.
 
+use std::sync::atomic::Ordering;
 use std::fmt::Write;
 
 use axum::extract::State;
@@ -59,6 +60,42 @@ pub(crate) async fn metrics(State(node): State<AppState>) -> impl IntoResponse {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    let ing = &node.ingest;
+    for (name, help, v) in [
+        (
+            "vpp_mqtt_accepted_total",
+            "device messages accepted",
+            ing.accepted.load(Ordering::Relaxed),
+        ),
+        (
+            "vpp_mqtt_no_hierarchy_total",
+            "device messages that arrived while no hierarchy was loaded",
+            ing.no_fleet.load(Ordering::Relaxed),
+        ),
+        (
+            "vpp_mqtt_desired_sent_total",
+            "desired documents published to the broker",
+            ing.desired_out.load(Ordering::Relaxed),
+        ),
+        (
+            "vpp_mqtt_connects_total",
+            "connections (and reconnections) to the broker",
+            ing.connects.load(Ordering::Relaxed),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    let _ = writeln!(out, "# HELP vpp_mqtt_rejected_total device messages rejected, by reason\n# TYPE vpp_mqtt_rejected_total counter");
+    for (reason, v) in ing.rejected(node.metrics()) {
+        let _ = writeln!(
+            out,
+            "vpp_mqtt_rejected_total{{reason=\"{}\"}} {v}",
+            reason.as_str()
         );
     }
     let _ = writeln!(out, "# HELP vpp_api_rejected_total requests rejected as bad input, by route and reason\n# TYPE vpp_api_rejected_total counter");
