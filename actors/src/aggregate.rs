@@ -641,8 +641,10 @@ impl Aggregate {
                     }
                 }
                 DeviceInput::Reported(version) => {
-                    if let Ok(Err(_)) = self.with_der(myself, i, |d, _| d.reported(version)) {
-                        Metrics::inc(&self.ctx.metrics.acks_unknown_version);
+                    match self.with_der(myself, i, |d, _| d.reported(version)) {
+                        Ok(Ok(behind)) => self.desired_pending |= behind,
+                        Ok(Err(_)) => Metrics::inc(&self.ctx.metrics.acks_unknown_version),
+                        Err(_) => {}
                     }
                 }
             }

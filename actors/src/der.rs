@@ -74,6 +74,10 @@ pub(crate) struct DerActor {
     published: bool,
     /// Setpoints changed since the last desired document was published.
     pub(crate) desired_dirty: bool,
+    /// The device is behind: send the current document again, same version
+    /// (a new version would make a device that is merely slow look behind
+    /// again, forever).
+    resend: bool,
     /// Version the device last reported holding.
     reported_version: u64,
     /// When the runtime last heard from the device (runtime clock, ms);
@@ -139,6 +143,7 @@ impl DerActor {
             desired_version: ctx.started_ms,
             published: false,
             desired_dirty: false,
+            resend: false,
             reported_version: 0,
             heard_ms,
         }
@@ -335,11 +340,24 @@ impl DerActor {
     /// The next desired document, if the setpoints changed since the last
     /// one; marks new setpoints as carried by its version.
     pub(crate) fn take_desired(&mut self, now_ms: u64) -> Option<Desired> {
-        if !self.desired_dirty {
-            return None;
+        let resend = std::mem::take(&mut self.resend);
+        if self.desired_dirty {
+            self.desired_dirty = false;
+            return Some(self.publish(now_ms));
         }
-        self.desired_dirty = false;
-        Some(self.publish(now_ms))
+        resend.then(|| self.document(self.desired_version))
+    }
+
+    fn document(&self, version: u64) -> Desired {
+        Desired {
+            v: vpp_protocol::VERSION,
+            version,
+            setpoints: self
+                .held
+                .iter()
+                .map(|h| DesiredSetpoint::from(&h.sp))
+                .collect(),
+        }
     }
 
     /// The current desired document again (after a broker reconnect), if
@@ -355,15 +373,7 @@ impl DerActor {
         for h in &mut self.held {
             h.since_version = h.since_version.min(v);
         }
-        Desired {
-            v: vpp_protocol::VERSION,
-            version: v,
-            setpoints: self
-                .held
-                .iter()
-                .map(|h| DesiredSetpoint::from(&h.sp))
-                .collect(),
-        }
+        self.document(v)
     }
 
     /// Applies a device ack. Returns the setpoints the device rejected (to be
@@ -418,13 +428,17 @@ impl DerActor {
         }
     }
 
-    /// The device reported the desired version it holds.
-    pub(crate) fn reported(&mut self, version: u64) -> Result<(), Reject> {
-        if version > self.desired_version {
+    /// The device reported the desired version it holds. A device that
+    /// holds an older one than the latest published (it reconnected, and the
+    /// broker did not deliver the retained document) is sent it again: true.
+    pub(crate) fn reported(&mut self, version: u64) -> Result<bool, Reject> {
+        if self.published && version > self.desired_version {
             return Err(Reject::UnknownVersion);
         }
-        self.reported_version = self.reported_version.max(version);
-        Ok(())
+        self.reported_version = version;
+        let behind = self.published && version < self.desired_version;
+        self.resend |= behind;
+        Ok(behind)
     }
 
     pub(crate) fn view(&self, env: &FlexEnvelope) -> NodeView {

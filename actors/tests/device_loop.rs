@@ -303,5 +303,30 @@ async fn republish_sends_current_documents_with_newer_versions() {
     })
     .await;
     assert_eq!(after.setpoints, before.setpoints);
+
+    // A device that reports an older version is sent the current document
+    // again, with the same version (so a slow device is not chased forever).
+    let n = rec.0.lock().unwrap().len();
+    let addr = fleet.locate_der("s0", "s0b0").unwrap();
+    fleet.send_device_inputs([(addr, DeviceInput::Reported(before.version))]);
+    let again = eventually(5, || async {
+        let docs = rec.0.lock().unwrap();
+        docs[n..]
+            .iter()
+            .find(|d| d.1 == "s0b0")
+            .map(|d| d.2.clone())
+    })
+    .await;
+    assert_eq!(again, after);
+    fleet.send_device_inputs([(addr, DeviceInput::Reported(after.version))]);
+    fleet.view(&id("s0")).await.unwrap(); // the site has handled both
+    let resent = rec.0.lock().unwrap()[n..]
+        .iter()
+        .filter(|d| d.1 == "s0b0")
+        .count();
+    assert_eq!(
+        resent, 1,
+        "a device that is up to date is not sent anything"
+    );
     fleet.stop().await;
 }

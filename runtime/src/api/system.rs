@@ -1,7 +1,7 @@
 //! Health, metrics and the 404 for unknown routes.
 
-use std::sync::atomic::Ordering;
 use std::fmt::Write;
+use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::header;
