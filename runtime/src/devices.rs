@@ -192,3 +192,54 @@ pub fn ingest_batch(
 
 /// Shared handle.
 pub type SharedIngestStats = Arc<IngestStats>;
+
+/// Most messages handed to the fleet at once.
+const BATCH: usize = 4096;
+
+/// Reads the MQTT session's events until it ends: device messages go to the
+/// fleet in batches (one actor message per site per batch); every
+/// (re)connection republishes the desired documents, since an external
+/// broker may have restarted and lost its retained messages.
+pub async fn pump(
+    node: Arc<crate::node::Node>,
+    mut events: tokio::sync::mpsc::Receiver<crate::mqtt::MqttEvent>,
+) {
+    use crate::mqtt::MqttEvent;
+    let stats = node.ingest.clone();
+    let mut batch: Vec<(String, bytes::Bytes)> = Vec::with_capacity(BATCH);
+    while let Some(first) = events.recv().await {
+        let mut next = Some(first);
+        while let Some(ev) = next.take() {
+            match ev {
+                MqttEvent::Message { topic, payload } => batch.push((topic, payload)),
+                MqttEvent::Connected => {
+                    stats.connects.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("connected to the MQTT broker; republishing desired documents");
+                    if let Ok(f) = node.fleet().await {
+                        f.republish_desired();
+                    }
+                }
+                MqttEvent::Disconnected(why) => {
+                    tracing::warn!(%why, "lost the MQTT broker; reconnecting");
+                }
+            }
+            if batch.len() < BATCH {
+                next = events.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        match node.fleet().await {
+            Ok(f) => ingest_batch(&f, &stats, batch.drain(..)),
+            Err(_) => {
+                stats
+                    .no_fleet
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                batch.clear();
+            }
+        }
+        // Let the actors run between batches on a busy node.
+        tokio::task::yield_now().await;
+    }
+}

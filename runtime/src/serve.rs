@@ -1,12 +1,25 @@
-//! `vpp serve`: open the store, bring the fleet up, serve the API.
+//! `vpp serve`: open the store, bring the fleet up, connect the devices,
+//! serve the API.
+//!
+//! ```text
+//!   start: broker (embedded rumqttd, or connect to mqtt://…)
+//!        → MQTT session (local link when embedded: no TCP)
+//!        → Node::open_with(DesiredOut over the session)   (fleet from sled)
+//!        → ingest pump (device messages → fleet), API server
+//! ```
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
-use crate::config::NodeConfig;
+use crate::config::{BrokerChoice, NodeConfig};
+use crate::devices::{pump, DesiredOut, IngestStats};
+use crate::mqtt::{BrokerTarget, EmbeddedBroker, MqttSession, Qos};
 use crate::node::Node;
 
 /// File in the data dir where a running node says where its API is, so CLI
@@ -30,14 +43,59 @@ pub struct ServeOptions {
     pub replace: bool,
 }
 
-/// Runs a node until Ctrl-C or SIGTERM.
-pub async fn run(config: NodeConfig, opts: ServeOptions) -> Result<()> {
+/// A node that is up: API serving, devices connected.
+pub struct Running {
+    /// The node.
+    pub node: Arc<Node>,
+    /// Where the API listens.
+    pub api: SocketAddr,
+    /// Where devices connect: the embedded broker's MQTT listener, or the
+    /// external broker's address as configured.
+    pub mqtt: String,
+    broker: Option<Arc<EmbeddedBroker>>,
+    stop_api: Option<oneshot::Sender<()>>,
+    api_task: JoinHandle<std::io::Result<()>>,
+    pump_task: JoinHandle<()>,
+}
+
+/// Starts a node: broker, devices, fleet, API. Returns once all are up.
+pub async fn start(config: NodeConfig, opts: &ServeOptions) -> Result<Running> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    let api = listener.local_addr()?;
     let data_dir = config.data_dir.clone();
-    let node = Node::open(config)
+
+    let (target, broker, mqtt) = match &config.mqtt.broker {
+        BrokerChoice::Embedded => {
+            let bc = config.mqtt.load_broker_config()?;
+            let listen = config.mqtt.listen;
+            let b = tokio::task::spawn_blocking(move || EmbeddedBroker::start(bc, Some(listen)))
+                .await?
+                .context("starting the embedded MQTT broker")?;
+            let b = Arc::new(b);
+            let addr = b.local_addr().to_string();
+            (BrokerTarget::Embedded(b.clone()), Some(b), addr)
+        }
+        BrokerChoice::External(url) => (BrokerTarget::External(url.clone()), None, url.to_string()),
+    };
+    let (publisher, events) = MqttSession::connect(
+        target,
+        &config.mqtt.client_id,
+        vpp_protocol::topic::runtime_filters(),
+    )
+    .await
+    .context("connecting to the MQTT broker")?;
+    let stats = Arc::new(IngestStats::default());
+    let out = DesiredOut::new(
+        move |topic, payload| {
+            // Only a stopped session or an invalid topic fails; both are
+            // counted by the publisher.
+            let _ = publisher.publish(topic, payload, Qos::AtLeastOnce, true);
+        },
+        stats.clone(),
+    );
+    let node = Node::open_with(config, Arc::new(out), stats)
         .await
         .with_context(|| format!("opening the node on data dir {}", data_dir.display()))?;
 
@@ -56,12 +114,53 @@ pub async fn run(config: NodeConfig, opts: ServeOptions) -> Result<()> {
             );
         }
     }
+    let pump_task = tokio::spawn(pump(node.clone(), events));
 
-    let api = format!("http://{addr}");
-    let info = serde_json::json!({ "api": api, "pid": std::process::id() });
+    let api_url = format!("http://{api}");
+    let info = serde_json::json!({ "api": api_url, "mqtt": mqtt, "pid": std::process::id() });
     std::fs::write(data_dir.join(NODE_FILE), info.to_string())
         .with_context(|| format!("writing {}", data_dir.join(NODE_FILE).display()))?;
-    match node.fleet().await {
+    let (stop_api, stopped) = oneshot::channel::<()>();
+    let api_task = tokio::spawn(crate::api::serve(listener, node.clone(), async move {
+        let _ = stopped.await;
+    }));
+    Ok(Running {
+        node,
+        api,
+        mqtt,
+        broker,
+        stop_api: Some(stop_api),
+        api_task,
+        pump_task,
+    })
+}
+
+impl Running {
+    /// Stops serving, flushes the store, removes the discovery file.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop_api.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.api_task).await;
+        self.pump_task.abort();
+        self.node.shutdown().await;
+        drop(self.broker.take());
+        let _ = std::fs::remove_file(self.node.config().data_dir.join(NODE_FILE));
+    }
+
+    /// The embedded broker, when the node runs one.
+    pub fn broker(&self) -> Option<&Arc<EmbeddedBroker>> {
+        self.broker.as_ref()
+    }
+}
+
+/// Runs a node until Ctrl-C or SIGTERM.
+pub async fn run(config: NodeConfig, opts: ServeOptions) -> Result<()> {
+    let data_dir = config.data_dir.clone();
+    let embedded = config.mqtt.broker == BrokerChoice::Embedded;
+    let r = start(config, &opts).await?;
+    let api = format!("http://{}", r.api);
+    match r.node.fleet().await {
         Ok(f) => println!(
             "vpp node serving {} nodes under {:?} at {api}",
             f.len(),
@@ -69,18 +168,21 @@ pub async fn run(config: NodeConfig, opts: ServeOptions) -> Result<()> {
         ),
         Err(_) => println!("vpp node at {api}: no hierarchy yet (vpp hierarchy import FILE)"),
     }
+    if embedded {
+        println!("devices: embedded MQTT broker at mqtt://{}", r.mqtt);
+    } else {
+        println!("devices: MQTT broker {}", r.mqtt);
+    }
     println!("try: curl -s {api}/api/v1/health");
-    tracing::info!(%api, data_dir = %data_dir.display(), "serving");
-
-    let node2: Arc<Node> = node.clone();
-    crate::api::serve(listener, node2, shutdown_signal()).await?;
+    tracing::info!(%api, mqtt = %r.mqtt, data_dir = %data_dir.display(), "serving");
+    shutdown_signal().await;
     println!("shutting down: flushing the store");
-    node.shutdown().await;
-    let _ = std::fs::remove_file(data_dir.join(NODE_FILE));
+    r.stop().await;
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -208,7 +208,8 @@ impl Aggregate {
             resplits: u64::from(rec.resplits) + sub_resplits,
             reason,
         };
-        if placed > 0 {
+        // Kept while it places anything, or to show who refused and why.
+        if placed > 0 || !alloc.record.refusals.is_empty() {
             self.allocs.insert(order.id.clone(), alloc);
         }
         out

@@ -46,11 +46,41 @@ impl From<&KindFlex> for FlexView {
     }
 }
 
-/// Total and per-kind breakdown (kinds with no devices left out).
+/// How the devices under a node answer the orders they hold (kW: up +).
+#[derive(Debug, Serialize)]
+pub(crate) struct ResponseView {
+    /// DERs holding a setpoint.
+    commanded: u64,
+    /// Of those, DERs whose device acknowledged every setpoint.
+    acked: u64,
+    /// Of those, DERs whose device holds the target.
+    applied: u64,
+    requested_kw: f64,
+    acked_kw: f64,
+    /// Measured from telemetry: power before the order minus power now.
+    delivered_kw: f64,
+}
+
+impl From<&vpp_domain::Response> for ResponseView {
+    fn from(r: &vpp_domain::Response) -> Self {
+        ResponseView {
+            commanded: r.commanded,
+            acked: r.acked,
+            applied: r.applied,
+            requested_kw: unit_to_kilo_signed(r.requested_w),
+            acked_kw: unit_to_kilo_signed(r.acked_w),
+            delivered_kw: unit_to_kilo_signed(r.delivered_w),
+        }
+    }
+}
+
+/// Total and per-kind breakdown (kinds with no devices left out), and the
+/// response to active orders.
 #[derive(Debug, Serialize)]
 pub(crate) struct EnvelopeView {
     total: FlexView,
     by_kind: BTreeMap<&'static str, FlexView>,
+    response: ResponseView,
 }
 
 impl From<&FlexEnvelope> for EnvelopeView {
@@ -62,6 +92,7 @@ impl From<&FlexEnvelope> for EnvelopeView {
                 .filter(|k| e.kind(**k).total > 0)
                 .map(|k| (k.as_str(), FlexView::from(e.kind(*k))))
                 .collect(),
+            response: ResponseView::from(&e.response),
         }
     }
 }
@@ -151,6 +182,9 @@ pub(crate) struct CapacityView {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     setpoints: Vec<SetpointView>,
     active_dispatches: Vec<String>,
+    /// The device shadow (DERs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<vpp_actors::DeviceView>,
 }
 
 impl CapacityView {
@@ -189,6 +223,7 @@ impl CapacityView {
             state: v.state.as_ref().map(StateView::from),
             setpoints: v.setpoints.iter().map(SetpointView::from).collect(),
             active_dispatches: v.active_dispatches.iter().map(|d| d.to_string()).collect(),
+            device: v.device.clone(),
         }
     }
 }
