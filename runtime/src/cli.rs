@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// MQTT broker: `embedded` or `mqtt://host:port` [default: the config's mqtt.broker].
     #[arg(long)]
     pub broker: Option<BrokerChoice>,
+    /// The embedded broker's MQTT listener, e.g. 0.0.0.0:1883 [default: the
+    /// config's mqtt.listen, 127.0.0.1:1883].
+    #[arg(long)]
+    pub mqtt_listen: Option<std::net::SocketAddr>,
 }
 
 /// `vpp hierarchy …`
@@ -346,6 +350,9 @@ fn serve(data_dir: Option<PathBuf>, a: ServeArgs) -> Result<()> {
     }
     if let Some(b) = a.broker {
         cfg.mqtt.broker = b;
+    }
+    if let Some(l) = a.mqtt_listen {
+        cfg.mqtt.listen = l;
     }
     cfg.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()

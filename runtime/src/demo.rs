@@ -171,6 +171,7 @@ async fn start_fleet(a: &DemoArgs, broker: &str, h: &Hierarchy) -> Result<vpp_si
         speed: a.speed,
         telemetry_interval: Duration::from_secs(2),
         client_prefix: "vpp-demo".to_string(),
+        start_hour: Some(12.0),
         ..vpp_simulator::SimConfig::default()
     };
     config.faults.refusing_share = a.refusing_pct / 100.0;
@@ -196,14 +197,15 @@ async fn report_in(node: &Arc<Node>, sim: &vpp_simulator::SimHandle, ders: usize
     let deadline = Instant::now() + Duration::from_secs(60 + ders as u64 / 1_000);
     loop {
         let s = sim.stats();
-        let heard = s.devices_reported.min(ders as u64);
+        let heard = s.devices_reporting.min(ders) as u64;
+        let live = s.devices_live as u64;
         pb.set_position(heard);
         let taken = node.metrics().states_applied.load(std::sync::atomic::Ordering::Relaxed);
-        if heard >= s.devices_online && s.devices_online > 0 && taken >= s.devices_online {
+        if heard >= live && live > 0 && taken >= live {
             pb.finish_and_clear();
             // One roll-up interval per level so the root has it all.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            return Ok(s.devices_online);
+            return Ok(live);
         }
         if Instant::now() > deadline {
             pb.abandon();

@@ -23,6 +23,8 @@ pub fn repo() -> PathBuf {
 /// A node running in this process on its own runtime thread.
 pub struct TestNode {
     pub url: String,
+    /// Where devices connect (`host:port`), for nodes started with devices.
+    pub mqtt: Option<String>,
     pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -74,6 +76,48 @@ impl TestNode {
             .expect("node did not start");
         TestNode {
             url,
+            mqtt: None,
+            dir,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// A node as `vpp serve` runs it: MQTT broker (embedded on a free port
+    /// unless `tune` picks an external one), device link and ingest, API.
+    pub fn start_serving(dir: tempfile::TempDir, tune: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        let mut cfg = NodeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            ..NodeConfig::default()
+        };
+        cfg.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+        tune(&mut cfg);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let opts = vpp_runtime::serve::ServeOptions::default();
+                let running = vpp_runtime::serve::start(cfg, &opts)
+                    .await
+                    .expect("node starts");
+                tx.send((format!("http://{}", running.api), running.mqtt.clone()))
+                    .unwrap();
+                let _ = stop_rx.await;
+                running.stop().await;
+            });
+        });
+        let (url, mqtt) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("node did not start");
+        TestNode {
+            url,
+            mqtt: Some(mqtt),
             dir,
             stop: Some(stop_tx),
             thread: Some(thread),

@@ -17,7 +17,13 @@ impl NodeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_vpp"))
             .arg("--data-dir")
             .arg(dir)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--mqtt-listen",
+                "127.0.0.1:0",
+            ])
             .env("VPP_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
