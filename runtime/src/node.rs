@@ -506,6 +506,19 @@ impl Node {
                         }
                         queue.push_back((c.clone(), Some(*w), level + 1, Some(me)));
                     }
+                    // Children that refused everything hold no share, but
+                    // their records say why: show them too.
+                    let mut shown: Vec<&NodeId> = a.children.iter().map(|(c, _)| c).collect();
+                    for r in &a.refusals {
+                        if shown.contains(&&r.child) {
+                            continue;
+                        }
+                        if arena.len() + queue.len() >= MAX_TREE_NODES {
+                            break;
+                        }
+                        shown.push(&r.child);
+                        queue.push_back((r.child.clone(), Some(0), level + 1, Some(me)));
+                    }
                 }
             }
             arena.push((

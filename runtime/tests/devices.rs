@@ -9,7 +9,6 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::{eventually, repo, TestNode};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
