@@ -98,6 +98,9 @@ pub struct MqttConfig {
     pub broker_config: PathBuf,
     /// The node's MQTT client id.
     pub client_id: String,
+    /// A DER whose device has sent no telemetry for this long goes offline
+    /// and leaves the envelope, s.
+    pub offline_after_s: u64,
 }
 
 /// Which broker the node uses: its own or another one.
@@ -210,6 +213,7 @@ impl Default for MqttConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             broker_config: PathBuf::new(),
             client_id: "vpp-runtime".to_string(),
+            offline_after_s: 60,
         }
     }
 }
@@ -295,6 +299,9 @@ impl NodeConfig {
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }
+        if !(1..=86_400).contains(&self.mqtt.offline_after_s) {
+            return bad("mqtt.offline_after_s", "must be between 1 and 86400");
+        }
         if let Err(e) = crate::mqtt::check_client_id(&self.mqtt.client_id) {
             return bad("mqtt.client_id", &e.to_string());
         }
@@ -307,6 +314,7 @@ impl NodeConfig {
             rollup_interval: Duration::from_millis(self.rollup.interval_ms),
             dispatch_timeout: Duration::from_secs(self.dispatch.timeout_s),
             max_resplits: self.dispatch.max_resplits,
+            offline_after: Duration::from_secs(self.mqtt.offline_after_s),
             ..vpp_actors::FleetConfig::default()
         }
     }
@@ -359,6 +367,7 @@ mod tests {
             ("[mqtt]\nlisten = \"1883\"\n", "listen"),
             ("[mqtt]\nclient_id = \"a/b\"\n", "mqtt.client_id"),
             ("[mqtt]\nclient_id = \"\"\n", "mqtt.client_id"),
+            ("[mqtt]\noffline_after_s = 0\n", "mqtt.offline_after_s"),
             ("[mqtt]\nbrokr = \"embedded\"\n", "brokr"),
         ] {
             let e = NodeConfig::parse("x.toml", text).unwrap_err().to_string();
