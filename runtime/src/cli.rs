@@ -46,7 +46,10 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Run a node: embedded store, actor hierarchy, HTTP API.
+    /// One command, no setup: a node with embedded broker and store, a
+    /// simulated fleet over MQTT, a dispatch and its results per aggregate.
+    Demo(crate::demo::DemoArgs),
+    /// Run a node: embedded store and MQTT broker, actor hierarchy, HTTP API.
     Serve(ServeArgs),
     /// Import, export, show, validate and generate hierarchies.
     #[command(subcommand)]
@@ -295,6 +298,13 @@ pub fn run(cli: Cli) -> Result<()> {
     let node = cli.node.clone();
     match cli.cmd {
         Cmd::Serve(args) => serve(data_dir, args),
+        Cmd::Demo(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(crate::demo::run(args))
+        }
         Cmd::Hierarchy(h) => hierarchy(data_dir, node, h),
         Cmd::Capacity(a) => capacity(&live(data_dir, node), a),
         Cmd::Dispatch(d) => dispatch(&live(data_dir, node), d),

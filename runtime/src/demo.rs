@@ -62,10 +62,16 @@ pub struct DemoArgs {
 /// Runs the demo.
 pub async fn run(a: DemoArgs) -> Result<()> {
     if a.devices < 4 || a.devices > 2_000_000 {
-        bail!("--devices must be between 4 and 2000000 (got {})", a.devices);
+        bail!(
+            "--devices must be between 4 and 2000000 (got {})",
+            a.devices
+        );
     }
     if !(0.0..=100.0).contains(&a.refusing_pct) {
-        bail!("--refusing-pct must be within 0..100 (got {})", a.refusing_pct);
+        bail!(
+            "--refusing-pct must be within 0..100 (got {})",
+            a.refusing_pct
+        );
     }
     if !(a.speed.is_finite() && a.speed > 0.0) {
         bail!("--speed must be a positive number (got {})", a.speed);
@@ -114,7 +120,10 @@ pub async fn run(a: DemoArgs) -> Result<()> {
 
     let sim = start_fleet(&a, &running.mqtt, &h).await?;
     let expected = report_in(&node, &sim, h.ders.len()).await?;
-    println!("3/5 {expected} devices reported in ({:.1} s)", t0.elapsed().as_secs_f64());
+    println!(
+        "3/5 {expected} devices reported in ({:.1} s)",
+        t0.elapsed().as_secs_f64()
+    );
 
     let result = dispatch_and_watch(&node, &root, a.kw).await;
     match result {
@@ -125,7 +134,10 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     if !a.exit {
         println!();
         println!("the node keeps serving; explore it (Ctrl-C stops the demo):");
-        println!("  curl -s http://{}/api/v1/nodes/{root} | head -c 600", running.api);
+        println!(
+            "  curl -s http://{}/api/v1/nodes/{root} | head -c 600",
+            running.api
+        );
         println!(
             "  cargo run --release -p vpp-runtime --bin vpp -- dispatch list --node http://{}",
             running.api
@@ -160,11 +172,18 @@ fn prepare_dir(dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join(MARKER), "vpp demo data dir: recreated by every `vpp demo`\n")?;
+    std::fs::write(
+        dir.join(MARKER),
+        "vpp demo data dir: recreated by every `vpp demo`\n",
+    )?;
     Ok(())
 }
 
-async fn start_fleet(a: &DemoArgs, broker: &str, h: &Hierarchy) -> Result<vpp_simulator::SimHandle> {
+async fn start_fleet(
+    a: &DemoArgs,
+    broker: &str,
+    h: &Hierarchy,
+) -> Result<vpp_simulator::SimHandle> {
     let mut config = vpp_simulator::SimConfig {
         broker: broker.to_string(),
         connections: a.connections,
@@ -200,7 +219,10 @@ async fn report_in(node: &Arc<Node>, sim: &vpp_simulator::SimHandle, ders: usize
         let heard = s.devices_reporting.min(ders) as u64;
         let live = s.devices_live as u64;
         pb.set_position(heard);
-        let taken = node.metrics().states_applied.load(std::sync::atomic::Ordering::Relaxed);
+        let taken = node
+            .metrics()
+            .states_applied
+            .load(std::sync::atomic::Ordering::Relaxed);
         if heard >= live && live > 0 && taken >= live {
             pb.finish_and_clear();
             // One roll-up interval per level so the root has it all.
@@ -234,7 +256,9 @@ async fn dispatch_and_watch(node: &Arc<Node>, root: &NodeId, kw: Option<f64>) ->
         .up_w
         .saturating_sub(view.committed_up_w);
     let requested_w = match kw {
-        Some(kw) => vpp_domain::units::kilo_to_unit(kw).map_err(|e| anyhow::anyhow!("--kw: {e}"))?,
+        Some(kw) => {
+            vpp_domain::units::kilo_to_unit(kw).map_err(|e| anyhow::anyhow!("--kw: {e}"))?
+        }
         None => (offered / 4 / 1000).max(1) * 1000,
     };
     let now = vpp_actors::now_ms();
@@ -318,7 +342,14 @@ async fn print_results(node: &Arc<Node>, root: &NodeId, o: &Outcome) -> Result<(
     println!("5/5 results per aggregate (kW; acked = devices that acknowledged / commanded)");
     println!(
         "    {:<24} {:>10} {:>10} {:>13} {:>10} {:>10} {:>10} {:>8}",
-        "aggregate", "requested", "allocated", "acked", "acked kW", "measured", "shortfall", "refused"
+        "aggregate",
+        "requested",
+        "allocated",
+        "acked",
+        "acked kW",
+        "measured",
+        "shortfall",
+        "refused"
     );
     for id in rows {
         let alloc = fleet.allocation(&o.id, &id).await.ok().flatten();

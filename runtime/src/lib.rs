@@ -17,6 +17,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod devices;
 pub mod mqtt;
 pub mod node;
