@@ -276,12 +276,23 @@ impl Aggregate {
             refused_w: cut,
             reason: reason.clone(),
         });
+        // Re-place only what the parent counts on (`before`), not the whole
+        // request: a shortfall at split time was already re-split above us,
+        // and taking it back here would overshoot the order.
+        let requested = alloc.record.requested_w;
         let share = DispatchShare {
             order: alloc.order.clone(),
-            share_w: alloc.record.requested_w,
+            share_w: before,
             deadline: Instant::now() + self.ctx.config.dispatch_timeout,
         };
         let out = self.dispatch(myself, share).await;
+        if let Some(a) = self.allocs.get_mut(id) {
+            a.record.requested_w = requested;
+            a.record.shortfall_w = requested.saturating_sub(a.record.allocated_w);
+            if self.ders.is_empty() {
+                self.ctx.journal.allocation(&a.record);
+            }
+        }
         let lost = before.saturating_sub(out.accepted_w);
         if lost == 0 {
             return;
