@@ -4,12 +4,16 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = vpp_runtime::cli::Cli::parse();
+    // rumqttd logs every ordinary client disconnect as an error; the demo
+    // prints its own progress, so it keeps to warnings.
+    let default = match cli.cmd {
+        vpp_runtime::cli::Cmd::Demo(_) => "warn,rumqttd=off,vpp_simulator=error",
+        _ => "warn,vpp_runtime=info,rumqttd=off",
+    };
     tracing_subscriber::fmt()
-        // rumqttd logs every ordinary client disconnect as an error.
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VPP_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,vpp_runtime=info,rumqttd=off")
-            }),
+            tracing_subscriber::EnvFilter::try_from_env("VPP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .init();
