@@ -33,6 +33,8 @@
 
 mod dispatch;
 
+pub(crate) use dispatch::Loss;
+
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -98,6 +100,8 @@ pub(crate) struct Alloc {
     pub(crate) outcomes: Vec<Option<DispatchOutcome>>,
     /// Children that refused part of their share: not asked again for it.
     pub(crate) refused: Vec<bool>,
+    /// Grows with every change of this allocation (see `DispatchOutcome::epoch`).
+    pub(crate) epoch: u64,
     pub(crate) record: NodeAllocation,
 }
 
@@ -160,6 +164,7 @@ fn start(a: AggregateArgs) -> Aggregate {
                 shares,
                 outcomes: vec![None; n],
                 refused: vec![false; n],
+                epoch: 0,
                 record,
             },
         );
@@ -334,10 +339,12 @@ impl Aggregate {
             AggregateMsg::ShareRefused {
                 idx,
                 dispatch,
-                refused_w,
+                holds_w,
+                epoch,
                 reason,
             } => {
-                self.share_refused(&myself, idx as usize, &dispatch, refused_w, reason)
+                let loss = Loss::Holds { holds_w, epoch };
+                self.share_refused(&myself, idx as usize, &dispatch, loss, reason)
                     .await;
             }
             #[cfg(test)]
@@ -651,7 +658,7 @@ impl Aggregate {
         }
         self.arm_sweep(myself);
         for (i, r) in refusals {
-            self.share_refused(myself, i, &r.dispatch, r.power_w, r.reason)
+            self.share_refused(myself, i, &r.dispatch, Loss::Cut(r.power_w), r.reason)
                 .await;
         }
     }

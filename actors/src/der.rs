@@ -327,6 +327,7 @@ impl DerActor {
             ders: u64::from(accepted > 0),
             resplits: 0,
             reason,
+            epoch: 0,
         }
     }
 

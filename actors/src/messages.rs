@@ -32,6 +32,9 @@ pub struct DispatchOutcome {
     pub resplits: u64,
     /// Why not all of the share was taken, when it was not.
     pub reason: Option<String>,
+    /// The node's allocation epoch for the order after answering (grows with
+    /// every change), so a parent can tell late reports from fresh ones.
+    pub epoch: u64,
 }
 
 /// Why a DER state update was not applied.
@@ -88,7 +91,11 @@ pub(crate) enum AggregateMsg {
     ShareRefused {
         idx: u32,
         dispatch: DispatchId,
-        refused_w: u64,
+        /// What the child still holds of the order (absolute, not a delta).
+        holds_w: u64,
+        /// The child's allocation epoch after the change: a parent that has
+        /// since heard a newer answer from the child ignores this report.
+        epoch: u64,
         reason: String,
     },
     /// What a hosted DER says about itself.

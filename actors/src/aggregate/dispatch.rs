@@ -13,6 +13,14 @@ use crate::messages::{settle, AggregateMsg, DispatchOutcome, DispatchShare};
 use crate::metrics::Metrics;
 use crate::now_ms;
 
+/// What a child lost of its share, as reported to its parent.
+pub(crate) enum Loss {
+    /// A hosted DER dropped this much (its device rejected the setpoint).
+    Cut(u64),
+    /// A child aggregate now holds `holds_w`, as of its allocation `epoch`.
+    Holds { holds_w: u64, epoch: u64 },
+}
+
 /// Asks one child actor to hold `share_w` of `order`, answering by `deadline`.
 async fn ask(
     child: Option<ActorRef<AggregateMsg>>,
@@ -81,6 +89,7 @@ impl Aggregate {
             shares: vec![0; n],
             outcomes: vec![None; n],
             refused: vec![false; n],
+            epoch: 0,
             record: NodeAllocation::empty(order.id.clone(), self.id.clone()),
         });
         let mut refused = std::mem::take(&mut alloc.refused);
@@ -202,11 +211,13 @@ impl Aggregate {
                 )
             }
         });
+        alloc.epoch += 1;
         let out = DispatchOutcome {
             accepted_w: placed,
             ders,
             resplits: u64::from(rec.resplits) + sub_resplits,
             reason,
+            epoch: alloc.epoch,
         };
         // Kept while it places anything, or to show who refused and why.
         if placed > 0 || !alloc.record.refusals.is_empty() {
@@ -256,7 +267,7 @@ impl Aggregate {
         myself: &ActorRef<AggregateMsg>,
         idx: usize,
         id: &DispatchId,
-        refused_w: u64,
+        loss: Loss,
         reason: String,
     ) {
         let Some(alloc) = self.allocs.get_mut(id) else {
@@ -266,7 +277,25 @@ impl Aggregate {
             return;
         }
         let before: u64 = alloc.shares.iter().sum();
-        let cut = refused_w.min(alloc.shares[idx]);
+        let cut = match loss {
+            Loss::Cut(w) => w.min(alloc.shares[idx]),
+            Loss::Holds { holds_w, epoch } => {
+                // We asked the child again after it sent this: its answer
+                // then already said what it holds.
+                let seen = alloc.outcomes[idx].as_ref().map_or(0, |o| o.epoch);
+                if epoch <= seen {
+                    return;
+                }
+                if let Some(o) = alloc.outcomes[idx].as_mut() {
+                    o.epoch = epoch;
+                    o.accepted_w = holds_w;
+                }
+                alloc.shares[idx].saturating_sub(holds_w)
+            }
+        };
+        if cut == 0 {
+            return;
+        }
         alloc.shares[idx] -= cut;
         alloc.refused[idx] = true;
         Metrics::inc(&self.ctx.metrics.late_refusals);
@@ -293,15 +322,15 @@ impl Aggregate {
                 self.ctx.journal.allocation(&a.record);
             }
         }
-        let lost = before.saturating_sub(out.accepted_w);
-        if lost == 0 {
+        if out.accepted_w >= before {
             return;
         }
         if let Some((parent, my_idx)) = &self.parent {
             let _ = parent.cast(AggregateMsg::ShareRefused {
                 idx: *my_idx,
                 dispatch: id.clone(),
-                refused_w: lost,
+                holds_w: out.accepted_w,
+                epoch: out.epoch,
                 reason: out.reason.unwrap_or(reason),
             });
         }
