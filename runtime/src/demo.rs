@@ -107,7 +107,11 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     };
     config.mqtt.listen = a.mqtt_listen;
     config.validate()?;
-    let running = serve::start(config, &ServeOptions::default()).await?;
+    let running = serve::start(config, &ServeOptions::default())
+        .await
+        .context(
+            "starting the demo node (a port in use? pick others with --listen and --mqtt-listen)",
+        )?;
     let node = running.node.clone();
     node.replace_hierarchy(h.clone()).await?;
     let root = node.fleet().await?.root().clone();
