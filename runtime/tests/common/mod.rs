@@ -20,6 +20,28 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A node config for tests: API and embedded broker on free ports (tests run
+/// in parallel: nothing may want 8080 or 1883), data in `dir`, then `tune`.
+fn test_config(dir: &tempfile::TempDir, tune: impl FnOnce(&mut NodeConfig)) -> NodeConfig {
+    let mut cfg = NodeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        ..NodeConfig::default()
+    };
+    cfg.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    tune(&mut cfg);
+    cfg
+}
+
+/// The runtime a test node runs on (its own thread, two workers).
+fn test_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A node running in this process on its own runtime thread.
 pub struct TestNode {
     pub url: String,
@@ -42,23 +64,11 @@ impl TestNode {
 
     /// A node whose config `tune` adjusts first.
     pub fn start_with(dir: tempfile::TempDir, tune: impl FnOnce(&mut NodeConfig)) -> TestNode {
-        let mut cfg = NodeConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_path_buf(),
-            ..NodeConfig::default()
-        };
-        // Tests run in parallel: an embedded broker must not want port 1883.
-        cfg.mqtt.listen = "127.0.0.1:0".parse().unwrap();
-        tune(&mut cfg);
+        let cfg = test_config(&dir, tune);
         let (url_tx, url_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
+            test_runtime().block_on(async move {
                 let listener = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
                 let url = format!("http://{}", listener.local_addr().unwrap());
                 let node = Node::open(cfg).await.expect("node opens");
@@ -86,22 +96,11 @@ impl TestNode {
     /// A node as `vpp serve` runs it: MQTT broker (embedded on a free port
     /// unless `tune` picks an external one), device link and ingest, API.
     pub fn start_serving(dir: tempfile::TempDir, tune: impl FnOnce(&mut NodeConfig)) -> TestNode {
-        let mut cfg = NodeConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_path_buf(),
-            ..NodeConfig::default()
-        };
-        cfg.mqtt.listen = "127.0.0.1:0".parse().unwrap();
-        tune(&mut cfg);
+        let cfg = test_config(&dir, tune);
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
+            test_runtime().block_on(async move {
                 let opts = vpp_runtime::serve::ServeOptions::default();
                 let running = vpp_runtime::serve::start(cfg, &opts)
                     .await
