@@ -287,7 +287,7 @@ impl Fleet {
         &self,
         states: impl IntoIterator<Item = (NodeId, DerState)>,
     ) -> Vec<(NodeId, FleetError)> {
-        let mut by_site: rustc_hash::FxHashMap<u32, Vec<(u32, DerState)>> = Default::default();
+        let mut found = Vec::new();
         let mut rejected = Vec::new();
         for (id, st) in states {
             match self.handle(&id) {
@@ -295,7 +295,13 @@ impl Fleet {
                     der_idx: Some(i),
                     site_no,
                     ..
-                }) => by_site.entry(*site_no).or_default().push((*i, st)),
+                }) => found.push((
+                    DerAddr {
+                        site_no: *site_no,
+                        idx: *i,
+                    },
+                    st,
+                )),
                 Ok(h) => {
                     let kind = h.kind.as_str();
                     rejected.push((id.clone(), FleetError::NotADer(id, kind)))
@@ -303,13 +309,29 @@ impl Fleet {
                 Err(e) => rejected.push((id, e)),
             }
         }
+        self.cast_per_site(found, AggregateMsg::DerStates);
+        rejected
+    }
+
+    /// Groups `items` by site and casts each site one message built by `msg`.
+    /// A site that is gone is counted by its parent; nothing to add here.
+    fn cast_per_site<T>(
+        &self,
+        items: impl IntoIterator<Item = (DerAddr, T)>,
+        msg: impl Fn(Vec<(u32, T)>) -> AggregateMsg,
+    ) {
+        let mut by_site: rustc_hash::FxHashMap<u32, Vec<(u32, T)>> = Default::default();
+        for (addr, item) in items {
+            by_site
+                .entry(addr.site_no)
+                .or_default()
+                .push((addr.idx, item));
+        }
         for (site_no, batch) in by_site {
             if let Some(site) = self.inner.sites.get(site_no as usize) {
-                // A site that is gone is counted by its parent; nothing to add.
-                let _ = site.cast(AggregateMsg::DerStates(batch));
+                let _ = site.cast(msg(batch));
             }
         }
-        rejected
     }
 
     /// Where DER `der` of site `site` lives, if the hierarchy has it there
@@ -332,18 +354,7 @@ impl Fleet {
     /// Hands device messages to their DERs without waiting, one message per
     /// site. Telemetry goes through the same sequence check as any state.
     pub fn send_device_inputs(&self, inputs: impl IntoIterator<Item = (DerAddr, DeviceInput)>) {
-        let mut by_site: rustc_hash::FxHashMap<u32, Vec<(u32, DeviceInput)>> = Default::default();
-        for (addr, input) in inputs {
-            by_site
-                .entry(addr.site_no)
-                .or_default()
-                .push((addr.idx, input));
-        }
-        for (site_no, batch) in by_site {
-            if let Some(site) = self.inner.sites.get(site_no as usize) {
-                let _ = site.cast(AggregateMsg::DeviceInputs(batch));
-            }
-        }
+        self.cast_per_site(inputs, AggregateMsg::DeviceInputs);
     }
 
     /// A site's gateway went offline (its last will) or came back online.

@@ -6,19 +6,18 @@
 //!
 //! Run: `cargo test -p vpp-actors --test device_loop`
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{eventually, id};
 use vpp_actors::{DeviceInput, DeviceLink, Fleet, FleetConfig, Metrics, NullJournal};
 use vpp_domain::{
     DerKind, DerRating, DerSpec, DerState, Direction, DispatchId, DispatchOrder, Hierarchy,
     Location, NodeId, Segment, SiteSpec, Strategy, VirtualDerSpec,
 };
 use vpp_protocol::{Ack, AckStatus, Desired};
-
-fn id(s: &str) -> NodeId {
-    NodeId::new(s).unwrap()
-}
 
 /// Records every desired document.
 #[derive(Default)]
@@ -141,25 +140,6 @@ fn telemetry(fleet: &Fleet, site: &str, der: &str, seq: u64, power_w: i64) {
             seq,
         }),
     )]);
-}
-
-/// Polls `f` until it returns `Some`, failing after `secs`.
-async fn eventually<T, F, Fut>(secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met in {secs} s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 const DERS: [(&str, &str); 4] = [

@@ -5,20 +5,19 @@
 //!
 //! Run: `cargo test -p vpp-actors --test five_levels`
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{eventually, id};
 use vpp_actors::{Fleet, FleetConfig, Metrics, NullJournal};
 use vpp_domain::split::{split, Candidate};
 use vpp_domain::{
     DerKind, DerRating, DerSpec, DerState, Direction, DispatchId, DispatchOrder, Hierarchy,
     Location, NodeId, Segment, SiteSpec, Strategy, VirtualDerSpec,
 };
-
-fn id(s: &str) -> NodeId {
-    NodeId::new(s).unwrap()
-}
 
 /// 2 regions × 2 districts × 3 sites × 3 curtailable loads. Load `k` at a
 /// site draws a different power so pro-rata shares are uneven.
@@ -110,25 +109,6 @@ fn order(id_: &str, target: &str, power_w: u64) -> Arc<DispatchOrder> {
         ramp_w_per_min: None,
         created_ms: vpp_actors::now_ms(),
     })
-}
-
-/// Polls `f` until it returns `Some`, failing after `secs`.
-async fn eventually<T, F, Fut>(secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met in {secs} s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// The split the pure math predicts for `power_w` at `node`, down to DERs.

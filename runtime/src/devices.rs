@@ -190,9 +190,6 @@ pub fn ingest_batch(
     }
 }
 
-/// Shared handle.
-pub type SharedIngestStats = Arc<IngestStats>;
-
 /// Most messages handed to the fleet at once.
 const BATCH: usize = 4096;
 

@@ -147,11 +147,6 @@ impl Running {
         drop(self.broker.take());
         let _ = std::fs::remove_file(self.node.config().data_dir.join(NODE_FILE));
     }
-
-    /// The embedded broker, when the node runs one.
-    pub fn broker(&self) -> Option<&Arc<EmbeddedBroker>> {
-        self.broker.as_ref()
-    }
 }
 
 /// Runs a node until Ctrl-C or SIGTERM.
