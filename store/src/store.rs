@@ -29,6 +29,9 @@ pub(crate) const SETPOINTS: &str = "setpoints";
 pub(crate) const SITE_DERS: &str = "site_ders";
 pub(crate) const DISPATCHES: &str = "dispatches";
 pub(crate) const ALLOCATIONS: &str = "allocations";
+pub(crate) const REGISTRY: &str = "registry";
+pub(crate) const LEDGER: &str = "ledger";
+pub(crate) const METER: &str = "meter";
 
 /// How to open a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +75,12 @@ pub(crate) struct Inner {
     pub(crate) site_ders: Tree,
     pub(crate) dispatches: Tree,
     pub(crate) allocations: Tree,
+    /// Accounts, programs, enrollments, events, settlements (`registry.rs`).
+    pub(crate) registry: Tree,
+    /// The hash-chained audit ledger (`ledger.rs`).
+    pub(crate) ledger: Tree,
+    /// Interval meter data per site (`meter.rs`).
+    pub(crate) meter: Tree,
     /// Readers of the hierarchy share it; a replacement takes it alone, so a
     /// reader never scans a generation that is being swept away under it.
     pub(crate) hierarchy_lock: RwLock<()>,
@@ -130,6 +139,9 @@ impl Store {
             site_ders: db.open_tree(SITE_DERS)?,
             dispatches: db.open_tree(DISPATCHES)?,
             allocations: db.open_tree(ALLOCATIONS)?,
+            registry: db.open_tree(REGISTRY)?,
+            ledger: db.open_tree(LEDGER)?,
+            meter: db.open_tree(METER)?,
             db,
             hierarchy_lock: RwLock::new(()),
         };
