@@ -14,6 +14,9 @@
 //!     │   one record per site) ────────────► site_ders
 //!     │ put_der_states / put_setpoints /
 //!     │ put_allocations ───────────────────► der_state / setpoints / allocations
+//!     │ put_meter (telemetry intervals) ───► meter
+//!     │ import_meter (CSV, with its audit
+//!     │   ledger entry) ───────────────────► meter + ledger
 //!     │ WriteBehindHandle::queue_* ──► [write-behind thread: latest per key]
 //!     │                                   └── batches every 200 ms ──┘
 //!     ▼
@@ -30,8 +33,10 @@
 //! | `site_ders`   | site id                         | `Vec<DerRecord>`        |
 //! | `dispatches`  | dispatch id                     | `DispatchRecord`        |
 //! | `allocations` | dispatch id ‖ 0x00 ‖ node id    | `NodeAllocation`        |
+//! | `meter`       | site id ‖ 0x00 ‖ start ms (BE)  | avg W, i64 BE (8 bytes) |
 //!
-//! Values are postcard behind a format-version byte (`codec.rs`). Why the
+//! Values are postcard behind a format-version byte (`codec.rs`), except
+//! meter readings: one fixed 8-byte number each (`meter.rs` says why). Why the
 //! hierarchy is stored as whole generations behind a pointer, in records of
 //! 256 nodes, rather than in one sled transaction is explained in
 //! `hierarchy.rs`: a transaction over 1M nodes took 50 s and 5.4 GB of RSS.
@@ -54,7 +59,7 @@
 //!    every write that returned before the call is durable.
 //! 4. **Everything else** ([`Store::put_site_ders`], [`Store::put_der_states`],
 //!    [`Store::put_setpoints`], [`Store::put_allocations`],
-//!    [`Store::put_dispatch`]) is visible to
+//!    [`Store::put_dispatch`], [`Store::put_meter`]) is visible to
 //!    readers at once and durable within [`StoreOptions::flush_every_ms`]
 //!    (500 ms by default); a crash loses at most that window. One call is one
 //!    atomic batch: after a crash you find all of it or none of it.
@@ -74,10 +79,14 @@
 //!    an error ([`StoreError::Corrupt`], naming tree and key), never a panic
 //!    and never silently skipped; a data dir of another schema version is
 //!    refused at open ([`StoreError::SchemaMismatch`]).
+//! 9. **Meter imports.** When [`Store::import_meter`] returns `Ok`, its
+//!    readings and its audit-ledger entry are durable together. A crash at
+//!    any moment leaves all of an import (readings and entry) or none of it;
+//!    an import that fails leaves nothing.
 //!
-//! Each promise has a test: 1, 2 and 5 kill a child process mid-write with
-//! SIGKILL and reopen (`tests/kill.rs`); 3, 4 and 6 are checked against an
-//! in-memory model with random operations and reboots (`tests/model.rs`);
+//! Each promise has a test: 1, 2, 5 and 9 kill a child process mid-write
+//! with SIGKILL and reopen (`tests/kill.rs`); 3, 4 and 6 are checked against
+//! an in-memory model with random operations and reboots (`tests/model.rs`);
 //! 7 across processes (`tests/kill.rs`) and within one (`store/tests.rs`);
 //! 8 in `codec/tests.rs` and `store/tests.rs`.
 
@@ -89,6 +98,7 @@ mod error;
 mod hierarchy;
 mod journal;
 mod keys;
+mod meter;
 mod site_ders;
 mod store;
 #[cfg(test)]
@@ -96,6 +106,7 @@ mod test_support;
 mod write_behind;
 
 pub use error::StoreError;
+pub use meter::MAX_IMPORT_READINGS;
 pub use site_ders::DerRecord;
 pub use store::{Store, StoreOptions, SCHEMA_VERSION};
 pub use write_behind::{WriteBehind, WriteBehindHandle, WriteBehindOptions, WriteBehindStats};
