@@ -85,6 +85,35 @@ pub struct ApiConfig {
     pub max_body_mb: u64,
 }
 
+/// `[metering]`: interval meter data from telemetry (`metering.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeteringConfig {
+    /// Interval length, s; divides a day. See `config/vpp.toml`.
+    pub interval_s: u32,
+    /// Which sites are metered. See `config/vpp.toml`.
+    pub sites: MeteredSites,
+}
+
+/// `metering.sites`: which sites telemetry is metered for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeteredSites {
+    /// Only sites under an active enrollment (the programs layer names them).
+    Enrolled,
+    /// Every site that sends telemetry.
+    All,
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        Self {
+            interval_s: 300,
+            sites: MeteredSites::Enrolled,
+        }
+    }
+}
+
 /// `[mqtt]`: how the node reaches its devices.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -173,6 +202,8 @@ pub struct NodeConfig {
     pub api: ApiConfig,
     /// Devices over MQTT.
     pub mqtt: MqttConfig,
+    /// Interval meter data from telemetry.
+    pub metering: MeteringConfig,
 }
 
 impl Default for RollupConfig {
@@ -228,6 +259,7 @@ impl Default for NodeConfig {
             store: StoreConfig::default(),
             api: ApiConfig::default(),
             mqtt: MqttConfig::default(),
+            metering: MeteringConfig::default(),
         }
     }
 }
@@ -302,6 +334,13 @@ impl NodeConfig {
         if !(1..=86_400).contains(&self.mqtt.offline_after_s) {
             return bad("mqtt.offline_after_s", "must be between 1 and 86400");
         }
+        let i = self.metering.interval_s;
+        if i == 0 || 86_400 % i != 0 {
+            return bad(
+                "metering.interval_s",
+                "must be at least 1 and divide a day (86400 s) evenly, e.g. 300 or 900",
+            );
+        }
         if let Err(e) = crate::mqtt::check_client_id(&self.mqtt.client_id) {
             return bad("mqtt.client_id", &e.to_string());
         }
@@ -338,6 +377,26 @@ mod tests {
         assert_eq!(c.mqtt.listen, d.mqtt.listen);
         assert_eq!(c.mqtt.broker_config, d.mqtt.broker_config);
         assert_eq!(c.mqtt.client_id, d.mqtt.client_id);
+        assert_eq!(c.metering.interval_s, d.metering.interval_s);
+        assert_eq!(c.metering.sites, d.metering.sites);
+    }
+
+    #[test]
+    fn metering_keys() {
+        let c =
+            NodeConfig::parse("x.toml", "[metering]\ninterval_s = 900\nsites = \"all\"\n").unwrap();
+        assert_eq!(c.metering.interval_s, 900);
+        assert_eq!(c.metering.sites, MeteredSites::All);
+        for (text, needle) in [
+            ("[metering]\ninterval_s = 0\n", "metering.interval_s"),
+            ("[metering]\ninterval_s = 7\n", "metering.interval_s"),
+            ("[metering]\ninterval_s = 172800\n", "metering.interval_s"),
+            ("[metering]\nsites = \"some\"\n", "some"),
+            ("[metering]\ninterval = 300\n", "interval"),
+        ] {
+            let e = NodeConfig::parse("x.toml", text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

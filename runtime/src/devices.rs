@@ -6,6 +6,7 @@
 //!   device ──telemetry/ack/reported/status──► broker ──► Ingest::route
 //!        ──(decode, check, address)──► Fleet::send_device_inputs (one message per site)
 //!        └─ rejected: counted per reason, logged at most once per reason per 10 s
+//!        └─ accepted telemetry of metered sites ──► Metering::sample (metering.rs)
 //! ```
 //!
 //! Every check that needs no actor happens here (topic, shard, size, encoding,
@@ -23,6 +24,8 @@ use vpp_protocol::{
     decode, encode_json, topic::der_topic, Ack, Channel, Desired, Reject, Reported, Status,
     Telemetry, Topic,
 };
+
+use crate::metering::Metering;
 
 /// Publishes a desired document: `(topic, payload)`, QoS 1, retained.
 pub type PublishFn = dyn Fn(String, Vec<u8>) + Send + Sync;
@@ -166,17 +169,30 @@ pub fn route(fleet: &Fleet, topic: &str, payload: &[u8]) -> Result<Routed, Rejec
 }
 
 /// Routes a batch of messages and hands the valid ones to the fleet, one
-/// actor message per site.
+/// actor message per site; accepted telemetry also feeds `metering`.
 pub fn ingest_batch(
     fleet: &Fleet,
     stats: &IngestStats,
+    metering: Option<&Metering>,
     batch: impl IntoIterator<Item = (impl AsRef<str>, impl AsRef<[u8]>)>,
 ) {
+    let metering = metering.filter(|m| m.is_active());
+    let now = vpp_actors::now_ms();
     let mut inputs = Vec::new();
     for (topic, payload) in batch {
         let topic = topic.as_ref();
         match route(fleet, topic, payload.as_ref()) {
-            Ok(Routed::Der(addr, input)) => inputs.push((addr, input)),
+            Ok(Routed::Der(addr, input)) => {
+                if let (Some(m), DeviceInput::Telemetry(state)) = (metering, &input) {
+                    // `route` checked the topic; parsing it again is cheap
+                    // and only done while some site is metered.
+                    let t = Topic::parse(topic).ok();
+                    if let Some((site, der)) = t.and_then(|t| Some((t.site, t.der?))) {
+                        m.sample(site, der, state.power_w, now);
+                    }
+                }
+                inputs.push((addr, input));
+            }
             Ok(Routed::Gateway(site, online)) => fleet.gateway_status(site, online),
             Err(r) => {
                 stats.reject(r, topic);
@@ -228,7 +244,7 @@ pub async fn pump(
             continue;
         }
         match node.fleet().await {
-            Ok(f) => ingest_batch(&f, &stats, batch.drain(..)),
+            Ok(f) => ingest_batch(&f, &stats, Some(node.metering()), batch.drain(..)),
             Err(_) => {
                 stats
                     .no_fleet

@@ -19,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod devices;
+pub mod metering;
 pub mod mqtt;
 pub mod node;
 pub mod serve;

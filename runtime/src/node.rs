@@ -31,6 +31,7 @@ use vpp_store::{
 
 use crate::config::NodeConfig;
 use crate::devices::IngestStats;
+use crate::metering::Metering;
 
 /// Why a node operation failed. The API maps each to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +118,10 @@ pub struct Node {
     pub ingest: Arc<IngestStats>,
     splits_running: AtomicU64,
     started: Instant,
+    /// Telemetry integrated into interval meter data (`metering.rs`).
+    metering: Arc<Metering>,
+    /// The task writing closed meter intervals, stopped at shutdown.
+    metering_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Node {
@@ -150,6 +155,7 @@ impl Node {
             },
         )?;
         let writer = wb.handle();
+        let metering = Arc::new(Metering::new(&config.metering));
         let node = Arc::new(Node {
             config,
             store,
@@ -162,9 +168,19 @@ impl Node {
             ingest,
             splits_running: AtomicU64::new(0),
             started: Instant::now(),
+            metering,
+            metering_task: std::sync::Mutex::new(None),
         });
         node.reload_fleet().await?;
         node.resume_splits().await?;
+        // Last: a task started before a failed step would hold the store.
+        let task = tokio::spawn(crate::metering::run(
+            node.metering.clone(),
+            node.store.clone(),
+        ));
+        if let Ok(mut slot) = node.metering_task.lock() {
+            *slot = Some(task);
+        }
         Ok(node)
     }
 
@@ -186,6 +202,11 @@ impl Node {
     /// Write-behind counters.
     pub fn write_behind_stats(&self) -> vpp_store::WriteBehindStats {
         self.writer.stats()
+    }
+
+    /// Interval meter data from telemetry.
+    pub fn metering(&self) -> &Arc<Metering> {
+        &self.metering
     }
 
     /// Seconds since start.
@@ -564,6 +585,11 @@ impl Node {
         if let Some(f) = self.fleet.write().await.take() {
             f.stop().await;
         }
+        // Intervals that ended since the task's last pass are written too.
+        if let Some(t) = self.metering_task.lock().ok().and_then(|mut g| g.take()) {
+            t.abort();
+        }
+        crate::metering::write_due(&self.metering, &self.store, vpp_actors::now_ms()).await;
         let wb = self.write_behind.lock().ok().and_then(|mut g| g.take());
         if let Some(wb) = wb {
             let _ = tokio::task::spawn_blocking(move || wb.shutdown()).await;

@@ -90,6 +90,34 @@ pub(crate) async fn metrics(State(node): State<AppState>) -> impl IntoResponse {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
         );
     }
+    let m = node.metering();
+    for (name, help, v) in [
+        (
+            "vpp_metering_samples_total",
+            "telemetry values integrated into meter intervals",
+            m.samples(),
+        ),
+        (
+            "vpp_metering_readings_written_total",
+            "interval meter readings written from telemetry",
+            m.readings_written(),
+        ),
+        (
+            "vpp_metering_write_errors_total",
+            "writes of meter readings the store refused",
+            m.write_errors(),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP vpp_metering_sites sites metered now\n# TYPE vpp_metering_sites gauge\nvpp_metering_sites {}",
+        m.sites()
+    );
     let _ = writeln!(out, "# HELP vpp_mqtt_rejected_total device messages rejected, by reason\n# TYPE vpp_mqtt_rejected_total counter");
     for (reason, v) in ing.rejected(node.metrics()) {
         let _ = writeln!(
