@@ -30,6 +30,7 @@ pub mod generate;
 pub mod hierarchy;
 pub mod hierarchy_file;
 pub mod id;
+pub mod ledger;
 pub mod site;
 pub mod split;
 pub mod units;

@@ -8,6 +8,7 @@
 //! | `setpoints`   | node id                                          |
 //! | `dispatches`  | dispatch id                                      |
 //! | `allocations` | dispatch id ‖ 0x00 ‖ node id                     |
+//! | `ledger`      | `e` ‖ seq (u64 BE) per entry, `h` for the head   |
 //!
 //! Ids are validated ASCII without 0x00 (see [`vpp_domain::id`]), so the 0x00
 //! separator makes a dispatch's allocations one exact prefix: `d1` never
@@ -25,6 +26,28 @@ pub(crate) const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 pub(crate) const HIERARCHY_KEY: &[u8] = b"hierarchy";
 /// `meta` key present while a hierarchy replacement still has to clean up.
 pub(crate) const SWEEP_KEY: &[u8] = b"hierarchy_sweep_pending";
+
+/// `ledger` key of the head record: (seq, hash) of the last entry.
+pub(crate) const LEDGER_HEAD_KEY: &[u8] = b"h";
+/// First byte of every `ledger` entry key.
+const LEDGER_ENTRY_TAG: u8 = b'e';
+/// Above every entry key and below the head key: the end of an entry range.
+pub(crate) const LEDGER_END_KEY: &[u8] = b"f";
+
+/// `ledger` key of entry `seq`.
+pub(crate) fn ledger_entry_key(seq: u64) -> [u8; 9] {
+    let mut key = [LEDGER_ENTRY_TAG; 9];
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The seq of a `ledger` entry key; none for any other key.
+pub(crate) fn ledger_entry_seq(key: &[u8]) -> Option<u64> {
+    match key {
+        [LEDGER_ENTRY_TAG, seq @ ..] => Some(u64::from_be_bytes(seq.try_into().ok()?)),
+        _ => None,
+    }
+}
 
 /// Length of a `nodes` key.
 pub(crate) const NODE_KEY_LEN: usize = 16;
@@ -81,6 +104,16 @@ mod tests {
         assert!(node_key(1, u64::MAX) < node_key(2, 0));
         assert!(node_key(2, 9) < node_key(2, 10));
         assert!(node_key(3, 0).starts_with(&generation_prefix(3)));
+    }
+
+    #[test]
+    fn ledger_entry_keys_sort_by_seq_between_their_bounds() {
+        assert!(ledger_entry_key(9) < ledger_entry_key(10));
+        assert!(&ledger_entry_key(u64::MAX)[..] < LEDGER_END_KEY);
+        assert!(LEDGER_END_KEY < LEDGER_HEAD_KEY);
+        assert_eq!(ledger_entry_seq(&ledger_entry_key(42)), Some(42));
+        assert_eq!(ledger_entry_seq(b"h"), None);
+        assert_eq!(ledger_entry_seq(b"e123"), None);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use vpp_domain::{
     DispatchStatus, Hierarchy, Location, NodeAllocation, NodeId, Segment, SiteSpec, Strategy,
     VirtualDerSpec,
 };
-use vpp_store::{Store, StoreError, WriteBehind, WriteBehindOptions};
+use vpp_store::{LedgerDraft, Store, StoreError, WriteBehind, WriteBehindOptions};
 
 const ROLE: &str = "VPP_STORE_CHILD";
 const DIR: &str = "VPP_STORE_DIR";
@@ -400,6 +400,70 @@ fn write_behind_flush_survives_sigkill() {
             );
             assert_eq!(s, der_state(s.seq));
         }
+    }
+}
+
+// ------------------------------------------------------------------- ledger
+
+fn ledger_draft(n: u64) -> LedgerDraft {
+    LedgerDraft {
+        actor: "system".into(),
+        action: "test.append".into(),
+        subject: format!("test/{n}"),
+        before: None,
+        after: Some(vpp_domain::ledger::digest(&n.to_be_bytes())),
+        detail: format!("n={n}"),
+    }
+}
+
+fn ledger_writer(dir: &Path, start: u64) {
+    let store = Store::open(dir).unwrap();
+    let until = Instant::now() + CHILD_LIFETIME;
+    for n in start.. {
+        if Instant::now() > until {
+            return;
+        }
+        let entry = store.append_ledger(ledger_draft(n)).unwrap();
+        ack(entry.seq);
+    }
+}
+
+#[test]
+fn acknowledged_ledger_entries_survive_sigkill_in_a_whole_chain() {
+    const TEST: &str = "acknowledged_ledger_entries_survive_sigkill_in_a_whole_chain";
+    if let Some((dir, start)) = child_args("ledger") {
+        return ledger_writer(&dir, start);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..ROUNDS {
+        let start = round * 1_000_000;
+        let mut child = ChildProcess::spawn(TEST, "ledger", dir.path(), start);
+        let cycle = child.wait_for(20 + 10 * round as usize, is_ack);
+        let acked = child.kill_mid_cycle(cycle);
+        let last = *acked.last().unwrap();
+
+        let store = Store::open(dir.path()).unwrap();
+        let report = store.verify_ledger().unwrap();
+        assert_eq!(report.first_bad, None, "round {round}: chain broken");
+        assert!(
+            report.entries >= last,
+            "round {round}: ACK {last} but only {} entries",
+            report.entries
+        );
+        let entries = store.ledger_entries(1, usize::MAX).unwrap();
+        for &seq in &acked {
+            let e = &entries[seq as usize - 1];
+            assert_eq!(e.seq, seq, "round {round}");
+            assert_eq!(
+                e.action, "test.append",
+                "round {round}: entry {seq} damaged"
+            );
+        }
+        // The head names the last entry, so the next round appends after it.
+        assert_eq!(
+            store.ledger_head().unwrap(),
+            entries.last().map(|e| (e.seq, e.hash))
+        );
     }
 }
 
