@@ -31,6 +31,7 @@ pub mod hierarchy;
 pub mod hierarchy_file;
 pub mod id;
 pub mod ledger;
+pub mod settlement;
 pub mod site;
 pub mod split;
 pub mod units;
