@@ -30,11 +30,15 @@
 
 use std::collections::BTreeMap;
 
-use sled::Batch;
+use sha2::{Digest as _, Sha256};
+use sled::transaction::TransactionError;
+use sled::{Batch, Transactional};
+use vpp_domain::ledger::{LedgerDraft, LedgerEntry};
 use vpp_domain::NodeId;
 
 use crate::codec::corrupt;
 use crate::error::StoreError;
+use crate::ledger::append_tx;
 use crate::store::{Store, METER};
 
 /// Most readings one [`Store::import_meter`] takes: a sled transaction holds
@@ -82,6 +86,18 @@ fn decode_w(key: &[u8], value: &[u8]) -> Result<i64, StoreError> {
     Ok(i64::from_be_bytes(b))
 }
 
+fn hash_into(h: &mut Sha256, key: &[u8], value: Option<&[u8]>) {
+    h.update((key.len() as u64).to_be_bytes());
+    h.update(key);
+    match value {
+        Some(v) => {
+            h.update((v.len() as u64).to_be_bytes());
+            h.update(v);
+        }
+        None => h.update(u64::MAX.to_be_bytes()),
+    }
+}
+
 impl Store {
     /// Stores readings `(site, interval start ms, average W)`, each replacing
     /// the one of the same site and start. One atomic batch, visible at
@@ -92,6 +108,55 @@ impl Store {
             batch.insert(meter_key(site, *start_ms), &w.to_be_bytes());
         }
         Ok(self.inner.meter.apply_batch(batch)?)
+    }
+
+    /// Stores imported readings together with one audit-ledger entry
+    /// (`draft`, its digests filled in as the module doc says) in one sled
+    /// transaction, then flushes: when it returns `Ok` the readings and
+    /// their entry are durable together; on any error nothing was written.
+    /// At most [`MAX_IMPORT_READINGS`] readings (more is refused before
+    /// anything is written). Blocks (fsync): from async code call it in
+    /// `spawn_blocking`.
+    pub fn import_meter(
+        &self,
+        readings: &[(NodeId, u64, i64)],
+        draft: LedgerDraft,
+    ) -> Result<LedgerEntry, StoreError> {
+        if readings.len() > MAX_IMPORT_READINGS {
+            return Err(StoreError::Sled(sled::Error::Unsupported(format!(
+                "a meter import takes at most {MAX_IMPORT_READINGS} readings, this one has {}; split it",
+                readings.len()
+            ))));
+        }
+        // Key order, last duplicate wins: the digests do not depend on the
+        // order of the file's lines.
+        let writes: BTreeMap<Vec<u8>, [u8; 8]> = readings
+            .iter()
+            .map(|(site, start_ms, w)| (meter_key(site, *start_ms), w.to_be_bytes()))
+            .collect();
+        let at_ms = now_ms();
+        let trees = [&self.inner.meter, &self.inner.ledger];
+        let res = trees.transaction(|t| {
+            let (meter, ledger) = (&t[0], &t[1]);
+            let mut before = Sha256::new();
+            let mut after = Sha256::new();
+            for (key, value) in &writes {
+                let old = meter.insert(key.as_slice(), value.as_slice())?;
+                hash_into(&mut before, key, old.as_deref());
+                hash_into(&mut after, key, Some(value));
+            }
+            let mut d = draft.clone();
+            d.before = Some(before.finalize().into());
+            d.after = Some(after.finalize().into());
+            append_tx(ledger, d, at_ms)
+        });
+        let entry = match res {
+            Ok(e) => e,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
+        };
+        self.inner.db.flush()?;
+        Ok(entry)
     }
 
     /// The readings of `site` whose interval starts in `[from_ms, to_ms)`,
@@ -116,6 +181,13 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

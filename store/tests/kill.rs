@@ -467,6 +467,94 @@ fn acknowledged_ledger_entries_survive_sigkill_in_a_whole_chain() {
     }
 }
 
+// -------------------------------------------------------------- meter import
+
+/// Readings per import, per site; every import rewrites the same keys.
+const METER_READINGS: u64 = 200;
+
+/// Import `n`: sites `a` and `b`, intervals 0..METER_READINGS, every value
+/// stamped with `n`, so a mix of two imports shows.
+fn meter_import(n: u64) -> Vec<(NodeId, u64, i64)> {
+    ["a", "b"]
+        .iter()
+        .flat_map(|s| {
+            (0..METER_READINGS).map(move |i| (nid(s), i * 300_000, (n * 10_000 + i) as i64))
+        })
+        .collect()
+}
+
+fn meter_draft(n: u64) -> LedgerDraft {
+    LedgerDraft {
+        actor: "operator".into(),
+        action: "meter.import".into(),
+        subject: format!("meter/import-{n}"),
+        before: None,
+        after: None,
+        detail: format!("n={n}"),
+    }
+}
+
+fn meter_writer(dir: &Path, start: u64) {
+    let store = Store::open(dir).unwrap();
+    let until = Instant::now() + CHILD_LIFETIME;
+    for n in start.. {
+        if Instant::now() > until {
+            return;
+        }
+        store
+            .import_meter(&meter_import(n), meter_draft(n))
+            .unwrap();
+        ack(n);
+    }
+}
+
+#[test]
+fn acknowledged_meter_imports_survive_sigkill_whole() {
+    const TEST: &str = "acknowledged_meter_imports_survive_sigkill_whole";
+    if let Some((dir, start)) = child_args("meter") {
+        return meter_writer(&dir, start);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..ROUNDS {
+        let start = round * 1_000_000;
+        let mut child = ChildProcess::spawn(TEST, "meter", dir.path(), start);
+        let cycle = child.wait_for(10 + 5 * round as usize, is_ack);
+        let acked = child.kill_mid_cycle(cycle);
+        let last = *acked.last().unwrap();
+
+        let store = Store::open(dir.path()).unwrap();
+        let mut found = Vec::new();
+        for site in ["a", "b"] {
+            let got = store.meter_range(&nid(site), 0, u64::MAX).unwrap();
+            assert_eq!(got.len() as u64, METER_READINGS, "round {round}");
+            found.extend(got.into_iter().map(|(t, w)| (nid(site), t, w)));
+        }
+        // One import, whole: the last acknowledged one, or the one after it
+        // if the kill came between its commit and its ACK.
+        let n = found[0].2 as u64 / 10_000;
+        assert!(
+            n == last || n == last + 1,
+            "round {round}: after ACK {last} found import {n}"
+        );
+        assert_eq!(found, meter_import(n), "round {round}: a mix of imports");
+        // Its ledger entry landed with it, and so did every acknowledged one's.
+        assert_eq!(store.verify_ledger().unwrap().first_bad, None);
+        let entries = store.ledger_entries(1, usize::MAX).unwrap();
+        assert_eq!(
+            entries.last().map(|e| e.subject.clone()),
+            Some(format!("meter/import-{n}")),
+            "round {round}: readings of import {n} without its ledger entry"
+        );
+        let subjects: HashSet<_> = entries.iter().map(|e| e.subject.clone()).collect();
+        for a in &acked {
+            assert!(
+                subjects.contains(&format!("meter/import-{a}")),
+                "round {round}: acknowledged import {a} has no ledger entry"
+            );
+        }
+    }
+}
+
 // --------------------------------------------------------------------- lock
 
 fn holder(dir: &Path) {
