@@ -7,9 +7,11 @@
 //! running node: `--node URL`, or the node serving `--data-dir`, or
 //! `http://127.0.0.1:8080`.
 
+mod audit;
 mod broker;
 mod output;
 
+pub use audit::{AuditCmd, ExportFormat};
 pub use broker::BrokerArgs;
 
 use std::collections::HashMap;
@@ -67,6 +69,9 @@ pub enum Cmd {
     Config(ConfigCmd),
     /// Run the MQTT broker on its own (the one `serve` embeds).
     Broker(BrokerArgs),
+    /// Verify or export the hash-chained audit ledger, offline on --data-dir.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Ask a running node whether it is up.
     Health,
 }
@@ -318,6 +323,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Broker(args) => broker::run(args),
+        Cmd::Audit(a) => audit::run(&data_dir_or_default(data_dir), a),
         Cmd::Config(ConfigCmd::Check { file }) => {
             let c = NodeConfig::load(&file)?;
             println!(
