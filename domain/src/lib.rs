@@ -30,6 +30,8 @@ pub mod generate;
 pub mod hierarchy;
 pub mod hierarchy_file;
 pub mod id;
+pub mod meter;
+pub mod mv;
 pub mod ledger;
 pub mod settlement;
 pub mod site;
