@@ -9,10 +9,12 @@
 
 mod audit;
 mod broker;
+mod mv;
 mod output;
 
 pub use audit::{AuditCmd, ExportFormat};
 pub use broker::BrokerArgs;
+pub use mv::MvCmd;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +71,10 @@ pub enum Cmd {
     Config(ConfigCmd),
     /// Run the MQTT broker on its own (the one `serve` embeds).
     Broker(BrokerArgs),
+    /// Measurement and verification offline: baselines and delivered
+    /// reduction per site from a meter CSV file.
+    #[command(subcommand)]
+    Mv(MvCmd),
     /// Verify or export the hash-chained audit ledger, offline on --data-dir.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -323,6 +329,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Broker(args) => broker::run(args),
+        Cmd::Mv(cmd) => mv::run(cmd),
         Cmd::Audit(a) => audit::run(&data_dir_or_default(data_dir), a),
         Cmd::Config(ConfigCmd::Check { file }) => {
             let c = NodeConfig::load(&file)?;

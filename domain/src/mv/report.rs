@@ -311,12 +311,12 @@ pub fn skip_summary(skipped: &[SkippedDay]) -> String {
             SkipReason::DayType { weekend: false } => "weekdays".to_string(),
             SkipReason::Excluded => "excluded".to_string(),
             SkipReason::MissingEventIntervals { .. } => {
-                "missing readings in the event hours".to_string()
+                "with readings missing in the event hours".to_string()
             }
             SkipReason::MissingAdjustmentIntervals { .. } => {
-                "missing readings in the adjustment window".to_string()
+                "with readings missing in the adjustment window".to_string()
             }
-            SkipReason::LowerLoad => "lower load".to_string(),
+            SkipReason::LowerLoad => "with lower load".to_string(),
         };
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, dates)) => dates.push(s.date),
