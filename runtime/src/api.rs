@@ -14,6 +14,8 @@
 //! | `GET /api/v1/dispatches` | newest orders (`?limit=N`) |
 //! | `GET /api/v1/dispatches/{id}` | an order and its allocation tree (`?depth=N`) |
 //! | `POST /api/v1/dispatches/{id}/cancel` | cancel it |
+//! | `POST /api/v1/meter` | import interval meter data (CSV body: `site,start,kw`), all or nothing |
+//! | `GET /api/v1/meter/{site}` | a site's readings, kW per interval (`?from_ms=&to_ms=`, default the last 24 h) |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Every error is `{"error": {"status", "code", "message", "problems"?}}` with
@@ -25,6 +27,7 @@
 mod dispatches;
 mod error;
 mod hierarchy;
+pub(crate) mod meter;
 mod nodes;
 mod system;
 mod views;
@@ -93,6 +96,8 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/api/v1/dispatches/{id}", get(dispatches::get_one))
         .route("/api/v1/dispatches/{id}/cancel", post(dispatches::cancel))
+        .route("/api/v1/meter", post(meter::import))
+        .route("/api/v1/meter/{site}", get(meter::series))
         .route("/metrics", get(system::metrics))
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
