@@ -128,6 +128,23 @@ id_type!(
     DispatchId
 );
 
+id_type!(
+    /// Id of an account (operator, utility, aggregator or participant).
+    AccountId
+);
+id_type!(
+    /// Id of a demand-flexibility program.
+    ProgramId
+);
+id_type!(
+    /// Id of an enrollment of a resource in a program.
+    EnrollmentId
+);
+id_type!(
+    /// Id of a demand-response event.
+    EventId
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

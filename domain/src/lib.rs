@@ -23,6 +23,7 @@
 
 #![deny(missing_docs, unreachable_pub, unsafe_code)]
 
+pub mod account;
 pub mod der;
 pub mod dispatch;
 pub mod flex;
@@ -30,9 +31,10 @@ pub mod generate;
 pub mod hierarchy;
 pub mod hierarchy_file;
 pub mod id;
+pub mod ledger;
 pub mod meter;
 pub mod mv;
-pub mod ledger;
+pub mod program;
 pub mod settlement;
 pub mod site;
 pub mod split;
@@ -47,5 +49,5 @@ pub use flex::{FlexEnvelope, KindFlex, Response};
 pub use hierarchy::{
     DerSpec, Hierarchy, HierarchyError, NodeKind, NodeSpec, SiteSpec, Topology, VirtualDerSpec,
 };
-pub use id::{DispatchId, IdError, NodeId};
+pub use id::{AccountId, DispatchId, EnrollmentId, EventId, IdError, NodeId, ProgramId};
 pub use site::{Location, Segment};

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Customer segment of a site (programs are often limited to some).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Segment {
     /// Homes.
