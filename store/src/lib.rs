@@ -110,6 +110,7 @@ mod journal;
 mod keys;
 mod ledger;
 mod meter;
+mod registry;
 mod site_ders;
 mod store;
 #[cfg(test)]
@@ -118,6 +119,7 @@ mod write_behind;
 
 pub use error::StoreError;
 pub use meter::MAX_IMPORT_READINGS;
+pub use registry::Change;
 pub use site_ders::DerRecord;
 pub use store::{Store, StoreOptions, SCHEMA_VERSION};
 pub use vpp_domain::ledger::{LedgerDraft, LedgerEntry, VerifyReport};
