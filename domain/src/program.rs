@@ -149,10 +149,12 @@ impl Program {
             check_label("zones", z)?;
         }
         for a in &self.coverage {
-            if !(a.lat.is_finite() && (-90.0..=90.0).contains(&a.lat))
-                || !(a.lon.is_finite() && (-180.0..=180.0).contains(&a.lon))
-                || !(a.radius_km.is_finite() && a.radius_km > 0.0 && a.radius_km <= 20_000.0)
-            {
+            let on_earth = a.lat.is_finite()
+                && (-90.0..=90.0).contains(&a.lat)
+                && a.lon.is_finite()
+                && (-180.0..=180.0).contains(&a.lon);
+            let radius_ok = a.radius_km.is_finite() && a.radius_km > 0.0 && a.radius_km <= 20_000.0;
+            if !(on_earth && radius_ok) {
                 return Err(format!(
                     "coverage: ({}, {}, {} km) is not a place on Earth with a radius of 0 to 20,000 km",
                     a.lat, a.lon, a.radius_km

@@ -12,10 +12,11 @@ pub struct NodeApi {
 }
 
 impl NodeApi {
-    /// A client of the node at `base` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(base: &str) -> Self {
+    /// A client of the node at `base` (e.g. `http://127.0.0.1:8080`),
+    /// signed in with `token` (an operator's or aggregator's).
+    pub fn new(base: &str, token: Option<String>) -> Self {
         Self {
-            client: Client::new(base),
+            client: Client::new(base).with_token(token),
         }
     }
 

@@ -17,6 +17,28 @@
 //! | `POST /api/v1/meter` | import interval meter data (CSV body: `site,start,kw`), all or nothing |
 //! | `GET /api/v1/meter/{site}` | a site's readings, kW per interval (`?from_ms=&to_ms=`, default the last 24 h) |
 //! | `GET /metrics` | Prometheus text |
+//! | `POST /api/v1/accounts` · `GET` | create (operator) · list accounts |
+//! | `GET /api/v1/accounts/me` | who the token belongs to |
+//! | `POST /api/v1/accounts/{id}/verify` | verify a utility (operator) |
+//! | `POST /api/v1/accounts/{id}/tokens` | issue a token (`{"ttl_s"}` optional) |
+//! | `POST /api/v1/tokens/{id}/revoke` | revoke a token |
+//! | `POST /api/v1/programs` · `GET ?zone&lat&lon&capacity_kw&segment&kind&resource` | publish (verified utility) · discover |
+//! | `GET /api/v1/programs/{id}` | one program |
+//! | `PUT /api/v1/programs/{id}/terms` · `POST …/terms/approve` | propose · approve new terms (quorum) |
+//! | `POST /api/v1/enrollments` · `GET` · `GET /{id}` · `POST /{id}/cancel` | enroll a resource, list, one, leave |
+//! | `POST /api/v1/events` · `GET` · `GET /{id}` | call an event, list, one |
+//! | `POST /api/v1/events/{id}/notify` · `/approve` · `/cancel` | send a draft · approve an emergency (quorum) · call off |
+//! | `POST /api/v1/events/{id}/confirmations` | confirm / decline / opt out (participant) |
+//! | `GET /api/v1/events/{id}/performance` | M&V: baseline, actual, delivered per interval |
+//! | `POST /api/v1/events/{id}/settlement` · `/settlement/approve` | statements · approval (quorum) |
+//! | `GET /api/v1/settlements?event&account` | statement history |
+//! | `GET /api/v1/participants/{id}/metrics` | performance history |
+//! | `GET /api/v1/notices` · `GET /api/v1/notices/stream` | the caller's event notices · live (SSE) |
+//! | `GET /api/v1/audit?from_seq&limit` · `GET /api/v1/audit/verify` | ledger entries · chain check (operator) |
+//!
+//! Every route but health and metrics needs `Authorization: Bearer <token>`;
+//! the fleet routes (hierarchy, nodes, dispatches) take operators and
+//! aggregators, the others check their own rules (`crate::programs`).
 //!
 //! Every error is `{"error": {"status", "code", "message", "problems"?}}` with
 //! a proper status; every rejected input is counted by route and reason. Errors
@@ -24,11 +46,13 @@
 //! method, undecodable path) go through [`json_errors`], so they look and count
 //! the same.
 
+mod auth;
 mod dispatches;
 mod error;
 mod hierarchy;
 pub(crate) mod meter;
 mod nodes;
+mod programs;
 mod system;
 mod views;
 
@@ -73,8 +97,8 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
 /// The router over a node.
 pub fn router(node: Arc<Node>) -> Router {
     let limit = (node.config().api.max_body_mb * 1024 * 1024) as usize;
-    Router::new()
-        .route("/api/v1/health", get(system::health))
+    // Fleet routes: a signed-in operator or aggregator (api/auth.rs).
+    let fleet = Router::new()
         .route(
             "/api/v1/hierarchy",
             get(hierarchy::get_hierarchy).put(hierarchy::put_hierarchy),
@@ -98,6 +122,79 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/dispatches/{id}/cancel", post(dispatches::cancel))
         .route("/api/v1/meter", post(meter::import))
         .route("/api/v1/meter/{site}", get(meter::series))
+        .route_layer(middleware::from_fn_with_state(
+            node.clone(),
+            auth::fleet_gate,
+        ));
+    // The demand-flexibility journey: each action authorises its caller.
+    let programs = Router::new()
+        .route(
+            "/api/v1/accounts",
+            post(programs::create_account).get(programs::list_accounts),
+        )
+        .route("/api/v1/accounts/me", get(programs::me))
+        .route(
+            "/api/v1/accounts/{id}/verify",
+            post(programs::verify_account),
+        )
+        .route("/api/v1/accounts/{id}/tokens", post(programs::issue_token))
+        .route("/api/v1/tokens/{id}/revoke", post(programs::revoke_token))
+        .route(
+            "/api/v1/programs",
+            post(programs::create_program).get(programs::search_programs),
+        )
+        .route("/api/v1/programs/{id}", get(programs::get_program))
+        .route(
+            "/api/v1/programs/{id}/terms",
+            axum::routing::put(programs::propose_terms),
+        )
+        .route(
+            "/api/v1/programs/{id}/terms/approve",
+            post(programs::approve_terms),
+        )
+        .route(
+            "/api/v1/enrollments",
+            post(programs::enroll).get(programs::list_enrollments),
+        )
+        .route("/api/v1/enrollments/{id}", get(programs::get_enrollment))
+        .route(
+            "/api/v1/enrollments/{id}/cancel",
+            post(programs::cancel_enrollment),
+        )
+        .route(
+            "/api/v1/events",
+            post(programs::create_event).get(programs::list_events),
+        )
+        .route("/api/v1/events/{id}", get(programs::get_event))
+        .route("/api/v1/events/{id}/notify", post(programs::notify_event))
+        .route("/api/v1/events/{id}/approve", post(programs::approve_event))
+        .route("/api/v1/events/{id}/cancel", post(programs::cancel_event))
+        .route("/api/v1/events/{id}/confirmations", post(programs::confirm))
+        .route(
+            "/api/v1/events/{id}/performance",
+            get(programs::performance),
+        )
+        .route(
+            "/api/v1/events/{id}/settlement",
+            post(programs::settle_event),
+        )
+        .route(
+            "/api/v1/events/{id}/settlement/approve",
+            post(programs::approve_settlement),
+        )
+        .route("/api/v1/settlements", get(programs::list_settlements))
+        .route(
+            "/api/v1/participants/{id}/metrics",
+            get(programs::participant_metrics),
+        )
+        .route("/api/v1/audit", get(programs::audit_entries))
+        .route("/api/v1/audit/verify", get(programs::audit_verify))
+        .route("/api/v1/notices", get(programs::notices))
+        .route("/api/v1/notices/stream", get(programs::notice_stream));
+    Router::new()
+        .route("/api/v1/health", get(system::health))
+        .merge(fleet)
+        .merge(programs)
         .route("/metrics", get(system::metrics))
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)

@@ -42,6 +42,10 @@ pub struct Cli {
     /// API of a running node, e.g. http://127.0.0.1:8080 [default: the node serving --data-dir]
     #[arg(long, global = true, env = "VPP_NODE")]
     pub node: Option<String>,
+    /// API token (`vpp_…`) for commands that talk to a node [default: the
+    /// first operator's, from <data-dir>/operator.token]
+    #[arg(long, global = true, env = "VPP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -305,6 +309,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    let _ = TOKEN.set(cli.token.clone());
     let data_dir = cli.data_dir.clone();
     let node = cli.node.clone();
     match cli.cmd {
@@ -391,14 +396,35 @@ fn serve(data_dir: Option<PathBuf>, a: ServeArgs) -> Result<()> {
     ))
 }
 
+/// `--token` / `VPP_TOKEN`, set once by [`run`].
+static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// The token to send: `--token`, else the first operator's token file in
+/// the data dir, if readable.
+fn token(dir: &Path) -> Option<String> {
+    TOKEN
+        .get()
+        .cloned()
+        .flatten()
+        .or_else(|| std::fs::read_to_string(dir.join(crate::programs::OPERATOR_TOKEN_FILE)).ok())
+}
+
+/// A client of `url` carrying the token for `dir`.
+fn client(url: &str, dir: &Path) -> Client {
+    Client::new(url).with_token(token(dir))
+}
+
 /// A client of the running node: `--node`, or the one serving the data dir,
 /// or the default address.
 fn live(data_dir: Option<PathBuf>, node: Option<String>) -> Client {
-    if let Some(url) = node {
-        return Client::new(&url);
-    }
     let dir = data_dir_or_default(data_dir);
-    Client::new(&discover(&dir).unwrap_or_else(|| "http://127.0.0.1:8080".to_string()))
+    if let Some(url) = node {
+        return client(&url, &dir);
+    }
+    client(
+        &discover(&dir).unwrap_or_else(|| "http://127.0.0.1:8080".to_string()),
+        &dir,
+    )
 }
 
 enum Target {
@@ -408,10 +434,10 @@ enum Target {
 
 /// The store itself when no node holds it, else the node that does.
 fn target(data_dir: Option<PathBuf>, node: Option<String>, create: bool) -> Result<Target> {
-    if let Some(url) = node {
-        return Ok(Target::Api(Client::new(&url)));
-    }
     let dir = data_dir_or_default(data_dir);
+    if let Some(url) = node {
+        return Ok(Target::Api(client(&url, &dir)));
+    }
     if !create && !dir.exists() {
         bail!(
             "no data dir at {} (import a hierarchy first, or pass --data-dir / --node)",
@@ -421,7 +447,7 @@ fn target(data_dir: Option<PathBuf>, node: Option<String>, create: bool) -> Resu
     match Store::open(&dir) {
         Ok(s) => Ok(Target::Store(s)),
         Err(StoreError::Locked { .. }) => match discover(&dir) {
-            Some(url) => Ok(Target::Api(Client::new(&url))),
+            Some(url) => Ok(Target::Api(client(&url, &dir))),
             None => Err(anyhow!(
                 "data dir {} is in use by another process that did not say where its API is; pass --node URL",
                 dir.display()

@@ -9,6 +9,8 @@ use serde_json::Value;
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    /// Bearer token sent with every request.
+    token: Option<String>,
 }
 
 /// Largest answer read (a full hierarchy export of a big fleet).
@@ -25,6 +27,22 @@ impl Client {
         Self {
             base: base.trim_end_matches('/').to_string(),
             agent,
+            token: None,
+        }
+    }
+
+    /// Sends `token` (`vpp_…`) as `Authorization: Bearer` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        self
+    }
+
+    fn auth<B>(&self, r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(t) => r.header("Authorization", format!("Bearer {t}")),
+            None => r,
         }
     }
 
@@ -68,7 +86,7 @@ impl Client {
     pub fn get_text(&self, path: &str) -> Result<String> {
         self.finish(
             &format!("GET {path}"),
-            self.agent.get(&self.url(path)).call(),
+            self.auth(self.agent.get(&self.url(path))).call(),
         )
     }
 
@@ -81,7 +99,7 @@ impl Client {
     pub fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
         let t = self.finish(
             &format!("POST {path}"),
-            self.agent.post(&self.url(path)).send_json(body),
+            self.auth(self.agent.post(&self.url(path))).send_json(body),
         )?;
         Ok(serde_json::from_str(&t)?)
     }
@@ -90,7 +108,7 @@ impl Client {
     pub fn put_json(&self, path: &str, body: &Value) -> Result<Value> {
         let t = self.finish(
             &format!("PUT {path}"),
-            self.agent.put(&self.url(path)).send_json(body),
+            self.auth(self.agent.put(&self.url(path))).send_json(body),
         )?;
         Ok(serde_json::from_str(&t)?)
     }
@@ -99,8 +117,7 @@ impl Client {
     pub fn put_text(&self, path: &str, body: String) -> Result<Value> {
         let t = self.finish(
             &format!("PUT {path}"),
-            self.agent
-                .put(&self.url(path))
+            self.auth(self.agent.put(&self.url(path)))
                 .content_type("application/toml")
                 .send(body),
         )?;

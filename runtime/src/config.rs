@@ -85,6 +85,25 @@ pub struct ApiConfig {
     pub max_body_mb: u64,
 }
 
+/// `[programs]`: demand-flexibility programs and events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProgramsConfig {
+    /// See `config/vpp.toml`.
+    pub quorum: u32,
+    /// See `config/vpp.toml`.
+    pub tick_ms: u64,
+}
+
+impl Default for ProgramsConfig {
+    fn default() -> Self {
+        Self {
+            quorum: 2,
+            tick_ms: 500,
+        }
+    }
+}
+
 /// `[metering]`: interval meter data from telemetry (`metering.rs`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -204,6 +223,8 @@ pub struct NodeConfig {
     pub mqtt: MqttConfig,
     /// Interval meter data from telemetry.
     pub metering: MeteringConfig,
+    /// Programs, events, approvals.
+    pub programs: ProgramsConfig,
 }
 
 impl Default for RollupConfig {
@@ -260,6 +281,7 @@ impl Default for NodeConfig {
             api: ApiConfig::default(),
             mqtt: MqttConfig::default(),
             metering: MeteringConfig::default(),
+            programs: ProgramsConfig::default(),
         }
     }
 }
@@ -333,6 +355,12 @@ impl NodeConfig {
         }
         if !(1..=86_400).contains(&self.mqtt.offline_after_s) {
             return bad("mqtt.offline_after_s", "must be between 1 and 86400");
+        }
+        if !(1..=10).contains(&self.programs.quorum) {
+            return bad("programs.quorum", "must be between 1 and 10");
+        }
+        if !(10..=60_000).contains(&self.programs.tick_ms) {
+            return bad("programs.tick_ms", "must be between 10 and 60000");
         }
         let i = self.metering.interval_s;
         if i == 0 || 86_400 % i != 0 {

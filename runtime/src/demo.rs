@@ -5,7 +5,10 @@
 //!   ─► simulated fleet connects over MQTT ─► devices report in (roll-up)
 //!   ─► one dispatch at the root ─► progress while devices acknowledge
 //!   ─► table per aggregate: requested, allocated, acknowledged, measured
-//!      response (telemetry), shortfall; timings ─► keep serving (or --exit)
+//!      response (telemetry), shortfall; timings
+//!   ─► demand response (demo/journey.rs): program, enrollment, event,
+//!      dispatch, M&V, settlement, approval, audit ledger
+//!   ─► keep serving (or --exit)
 //! ```
 
 use std::net::SocketAddr;
@@ -21,6 +24,8 @@ use vpp_domain::{DispatchId, DispatchOrder, Hierarchy, NodeId};
 use crate::config::NodeConfig;
 use crate::node::Node;
 use crate::serve::{self, ServeOptions};
+
+mod journey;
 
 /// Marks a data dir as the demo's own, so `vpp demo` never wipes anything else.
 const MARKER: &str = ".vpp-demo";
@@ -57,6 +62,9 @@ pub struct DemoArgs {
     /// Stop after printing the results instead of serving on.
     #[arg(long)]
     pub exit: bool,
+    /// Skip the demand-response part (program, event, M&V, settlement).
+    #[arg(long)]
+    pub no_programs: bool,
 }
 
 /// Runs the demo.
@@ -94,7 +102,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     std::fs::write(&file, vpp_domain::hierarchy_file::to_toml(&h))
         .with_context(|| format!("writing {}", file.display()))?;
     println!(
-        "1/5 hierarchy: {} DERs at {sites} sites under {} virtual DERs, 4 levels ({})",
+        "1/6 hierarchy: {} DERs at {sites} sites under {} virtual DERs, 4 levels ({})",
         h.ders.len(),
         h.virtual_ders.len(),
         file.display()
@@ -106,6 +114,9 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         ..NodeConfig::default()
     };
     config.mqtt.listen = a.mqtt_listen;
+    // Short intervals so the demo's event is measured in seconds.
+    config.metering.interval_s = 2;
+    config.programs.tick_ms = 250;
     config.validate()?;
     let running = serve::start(config, &ServeOptions::default())
         .await
@@ -116,7 +127,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     node.replace_hierarchy(h.clone()).await?;
     let root = node.fleet().await?.root().clone();
     println!(
-        "2/5 node up: API http://{}, embedded MQTT broker mqtt://{}, store {}",
+        "2/6 node up: API http://{}, embedded MQTT broker mqtt://{}, store {}",
         running.api,
         running.mqtt,
         a.demo_dir.display()
@@ -125,7 +136,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     let sim = start_fleet(&a, &running.mqtt, &h).await?;
     let expected = report_in(&node, &sim, h.ders.len()).await?;
     println!(
-        "3/5 {expected} devices reported in ({:.1} s)",
+        "3/6 {expected} devices reported in ({:.1} s)",
         t0.elapsed().as_secs_f64()
     );
 
@@ -134,17 +145,24 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         Ok(r) => print_results(&node, &root, &r).await?,
         Err(e) => eprintln!("dispatch failed: {e:#}"),
     }
+    if !a.no_programs {
+        if let Err(e) = journey::run(&node, &h, &root).await {
+            eprintln!("demand-response journey failed: {e:#}");
+        }
+    }
 
     if !a.exit {
         println!();
         println!("the node keeps serving; explore it (Ctrl-C stops the demo):");
+        let token = a.demo_dir.join(crate::programs::OPERATOR_TOKEN_FILE);
         println!(
-            "  curl -s http://{}/api/v1/nodes/{root} | head -c 600",
+            "  curl -s -H \"Authorization: Bearer $(cat {})\" http://{}/api/v1/nodes/{root} | head -c 600",
+            token.display(),
             running.api
         );
         println!(
-            "  cargo run --release -p vpp-runtime --bin vpp -- dispatch list --node http://{}",
-            running.api
+            "  cargo run --release -p vpp-runtime --bin vpp -- dispatch list --data-dir {}",
+            a.demo_dir.display()
         );
         println!(
             "  mosquitto_sub -h {} -p {} -t 'vpp/v1/+/+/+/ack' -v -C 5",
@@ -278,7 +296,7 @@ async fn dispatch_and_watch(node: &Arc<Node>, root: &NodeId, kw: Option<f64>) ->
         created_ms: now,
     };
     println!(
-        "4/5 dispatch {id}: {:.1} kW up at {root} for 15 min (the fleet offers {:.1} kW up)",
+        "4/6 dispatch {id}: {:.1} kW up at {root} for 15 min (the fleet offers {:.1} kW up)",
         requested_w as f64 / 1000.0,
         offered as f64 / 1000.0
     );
@@ -343,7 +361,7 @@ async fn print_results(node: &Arc<Node>, root: &NodeId, o: &Outcome) -> Result<(
     let root_view = fleet.view(root).await?;
     let mut rows = vec![root.clone()];
     rows.extend(root_view.children.iter().map(|c| c.id.clone()));
-    println!("5/5 results per aggregate (kW; acked = devices that acknowledged / commanded)");
+    println!("5/6 results per aggregate (kW; acked = devices that acknowledged / commanded)");
     println!(
         "    {:<24} {:>10} {:>10} {:>13} {:>10} {:>10} {:>10} {:>8}",
         "aggregate",

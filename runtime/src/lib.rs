@@ -22,4 +22,5 @@ pub mod devices;
 pub mod metering;
 pub mod mqtt;
 pub mod node;
+pub mod programs;
 pub mod serve;

@@ -122,6 +122,10 @@ pub struct Node {
     metering: Arc<Metering>,
     /// The task writing closed meter intervals, stopped at shutdown.
     metering_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Accounts, programs, events (`programs.rs`).
+    programs: crate::programs::Programs,
+    /// The event lifecycle task, stopped at shutdown.
+    lifecycle: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Node {
@@ -156,6 +160,7 @@ impl Node {
         )?;
         let writer = wb.handle();
         let metering = Arc::new(Metering::new(&config.metering));
+        let node_quorum = config.programs.quorum;
         let node = Arc::new(Node {
             config,
             store,
@@ -170,9 +175,19 @@ impl Node {
             started: Instant::now(),
             metering,
             metering_task: std::sync::Mutex::new(None),
+            programs: crate::programs::Programs::new(node_quorum),
+            lifecycle: std::sync::Mutex::new(None),
         });
         node.reload_fleet().await?;
         node.resume_splits().await?;
+        node.bootstrap_accounts().await?;
+        let task = tokio::spawn(crate::programs::run_lifecycle(
+            node.clone(),
+            std::time::Duration::from_millis(node.config.programs.tick_ms),
+        ));
+        if let Ok(mut slot) = node.lifecycle.lock() {
+            *slot = Some(task);
+        }
         // Last: a task started before a failed step would hold the store.
         let task = tokio::spawn(crate::metering::run(
             node.metering.clone(),
@@ -217,6 +232,30 @@ impl Node {
     /// Splits under way.
     pub fn splits_running(&self) -> u64 {
         self.splits_running.load(Ordering::Relaxed)
+    }
+
+    /// Accounts, programs and events.
+    pub fn programs(&self) -> &crate::programs::Programs {
+        &self.programs
+    }
+
+    /// Makes the first operator account (and its token file) on a store
+    /// that has none, and starts metering the enrolled sites.
+    async fn bootstrap_accounts(&self) -> Result<(), NodeError> {
+        let store = self.store.clone();
+        let dir = self.config.data_dir.clone();
+        let made =
+            tokio::task::spawn_blocking(move || crate::programs::bootstrap_operator(&store, &dir))
+                .await
+                .map_err(|e| NodeError::Invalid(e.to_string()))?
+                .map_err(|e| {
+                    NodeError::Invalid(format!("making the first operator account: {e}"))
+                })?;
+        if let Some(path) = made {
+            tracing::info!(file = %path.display(), "made the first operator account; its API token is in this file");
+        }
+        crate::programs::enrollments::watch_enrolled_sites(self).await;
+        Ok(())
     }
 
     /// The live fleet, or [`NodeError::NoHierarchy`].
@@ -582,6 +621,9 @@ pub const MAX_TREE_NODES: usize = 2_000;
 impl Node {
     /// Stops the actors and flushes everything written behind.
     pub async fn shutdown(&self) {
+        if let Some(t) = self.lifecycle.lock().ok().and_then(|mut g| g.take()) {
+            t.abort();
+        }
         if let Some(f) = self.fleet.write().await.take() {
             f.stop().await;
         }

@@ -87,6 +87,7 @@ pub async fn start(config: NodeConfig, opts: &ServeOptions) -> Result<Running> {
     .await
     .context("connecting to the MQTT broker")?;
     let stats = Arc::new(IngestStats::default());
+    let notices = publisher.clone();
     let out = DesiredOut::new(
         move |topic, payload| {
             // Only a stopped session or an invalid topic fails; both are
@@ -98,6 +99,13 @@ pub async fn start(config: NodeConfig, opts: &ServeOptions) -> Result<Running> {
     let node = Node::open_with(config, Arc::new(out), stats)
         .await
         .with_context(|| format!("opening the node on data dir {}", data_dir.display()))?;
+    // Participants' event notices: retained, so one that connects later
+    // still finds the latest (programs/events.rs).
+    node.programs().set_mqtt(Box::new(move |topic, payload| {
+        if let Err(e) = notices.publish(topic, payload, Qos::AtLeastOnce, true) {
+            tracing::warn!(error = %e, "publishing an event notice failed");
+        }
+    }));
 
     if let Some(path) = &opts.hierarchy {
         let stored = node.store().hierarchy_len()?;

@@ -132,3 +132,89 @@ fn sigkill_after_split_keeps_setpoints_and_cancel() {
     );
     assert_eq!(bat["state"]["soc_pct"], 77.5, "{bat}");
 }
+
+/// A JSON request as `token` that must answer `want`.
+fn post_as(token: &str, url: &str, body: serde_json::Value, want: u16) -> serde_json::Value {
+    let (s, v) = common::request_as(
+        Some(token),
+        "POST",
+        url,
+        Some(("application/json", body.to_string().into_bytes())),
+    );
+    assert_eq!(s, want, "POST {url}: {v}");
+    v
+}
+
+#[test]
+fn sigkill_right_after_program_steps_are_acknowledged_loses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(dir.path());
+    let url = node.url.clone();
+    let op = common::operator_token(dir.path());
+    let (s, _) = request(
+        "PUT",
+        &format!("{url}/api/v1/hierarchy"),
+        Some(("application/toml", small_toml().into_bytes())),
+    );
+    assert_eq!(s, 200);
+    let acct = |id: &str, role: &str, extra: serde_json::Value| {
+        let mut b = json!({"id": id, "name": id, "role": role});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        post_as(&op, &format!("{url}/api/v1/accounts"), b, 201);
+        post_as(&op, &format!("{url}/api/v1/accounts/{id}/tokens"), json!({}), 201)["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let utility = acct("u", "utility", json!({"jurisdiction": ["NL-north"]}));
+    let shop = acct("p", "participant", json!({"resources": ["com-ams-02"]}));
+    post_as(&op, &format!("{url}/api/v1/accounts/u/verify"), json!({}), 200);
+    let program = json!({
+        "id": "prog", "name": "P", "kind": "capacity", "zones": ["NL-north"],
+        "terms": {"currency": "EUR", "capacity_per_kw": "1", "energy_per_kwh": "0.1"},
+        "notice_s": 0, "max_events_per_season": 5, "max_hours_per_season": 5,
+        "max_event_duration_s": 3600, "baseline": {"method": "x_of_y", "x": 3, "y": 5}
+    });
+    post_as(&utility, &format!("{url}/api/v1/programs"), program, 201);
+    let en = json!({"id": "en", "program": "prog", "resource": "com-ams-02", "committed_kw": 10.0});
+    post_as(&shop, &format!("{url}/api/v1/enrollments"), en, 201);
+    let ev = json!({"id": "ev", "program": "prog", "zones": ["NL-north"], "start_in_s": 3000,
+                    "duration_s": 600, "requested_kw": 10.0});
+    post_as(&utility, &format!("{url}/api/v1/events"), ev, 201);
+    let conf = json!({"enrollment": "en", "answer": "confirm", "confidence_pct": 80});
+    post_as(&shop, &format!("{url}/api/v1/events/ev/confirmations"), conf, 200);
+    node.kill9(); // the moment the last acknowledgement arrived
+
+    {
+        let store = Store::open(dir.path()).expect("store reopens after SIGKILL");
+        for key in ["account/u", "account/p", "program/prog", "enrollment/en"] {
+            let v: Option<serde_json::Value> = store.registry_get(key).unwrap();
+            assert!(v.is_some(), "{key} lost");
+        }
+        let ev: serde_json::Value = store.registry_get("event/ev").unwrap().unwrap();
+        assert_eq!(ev["status"], "notified");
+        assert_eq!(ev["participants"][0]["status"], "confirmed", "{ev}");
+        assert_eq!(ev["participants"][0]["confidence_pct"], 80);
+        let report = store.verify_ledger().unwrap();
+        assert_eq!(report.first_bad, None);
+        let actions: Vec<String> = store
+            .ledger_entries(1, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(actions.last().map(String::as_str), Some("event.confirm"));
+    }
+    // A restarted node serves them, and the tokens still work.
+    let node = NodeProcess::start(dir.path());
+    let (s, v) = common::request_as(
+        Some(&shop),
+        "GET",
+        &format!("{}/api/v1/events/ev", node.url),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["participants"][0]["status"], "confirmed");
+}

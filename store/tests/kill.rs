@@ -586,3 +586,79 @@ fn data_dir_held_by_another_process_is_locked() {
     // The kernel drops the lock with the process.
     Store::open(dir.path()).unwrap();
 }
+
+// ---------------------------------------------------------------- registry
+
+/// Commit `n`: two records rewritten together (the shape of an event and its
+/// settlement, or an account and its token) plus one new record `n`.
+fn registry_changes(n: u64) -> Vec<vpp_store::Change> {
+    vec![
+        vpp_store::Change::put("pair/a", &n).unwrap(),
+        vpp_store::Change::put("pair/b", &n).unwrap(),
+        vpp_store::Change::put(format!("item/{n:020}"), &n).unwrap(),
+    ]
+}
+
+fn registry_writer(dir: &Path, start: u64) {
+    let store = Store::open(dir).unwrap();
+    let until = Instant::now() + CHILD_LIFETIME;
+    for n in start.. {
+        if Instant::now() > until {
+            return;
+        }
+        let draft = LedgerDraft {
+            actor: "system".into(),
+            action: "test.commit".into(),
+            subject: format!("item/{n}"),
+            before: None,
+            after: None,
+            detail: String::new(),
+        };
+        store.registry_commit(&registry_changes(n), draft).unwrap();
+        ack(n);
+    }
+}
+
+#[test]
+fn acknowledged_registry_commits_survive_sigkill_whole_with_their_ledger_entry() {
+    const TEST: &str = "acknowledged_registry_commits_survive_sigkill_whole_with_their_ledger_entry";
+    if let Some((dir, start)) = child_args("registry") {
+        return registry_writer(&dir, start);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..ROUNDS {
+        let start = round * 1_000_000;
+        let mut child = ChildProcess::spawn(TEST, "registry", dir.path(), start);
+        let cycle = child.wait_for(20 + 10 * round as usize, is_ack);
+        let acked = child.kill_mid_cycle(cycle);
+        let last = *acked.last().unwrap();
+
+        let store = Store::open(dir.path()).unwrap();
+        // Every acknowledged record is there.
+        for &n in &acked {
+            let v: Option<u64> = store.registry_get(&format!("item/{n:020}")).unwrap();
+            assert_eq!(v, Some(n), "round {round}: acknowledged commit {n} lost");
+        }
+        // The pair was written together: never a mix of two commits, and at
+        // least the last acknowledged one.
+        let a: u64 = store.registry_get("pair/a").unwrap().unwrap();
+        let b: u64 = store.registry_get("pair/b").unwrap().unwrap();
+        assert_eq!(a, b, "round {round}: a commit was applied in part");
+        assert!(a >= last, "round {round}: pair at {a}, ACK {last}");
+        // One ledger entry per commit found, in a chain that verifies.
+        let items: Vec<u64> = store.registry_scan("item/").unwrap();
+        let report = store.verify_ledger().unwrap();
+        assert_eq!(report.first_bad, None, "round {round}: chain broken");
+        let commits = store
+            .ledger_entries(1, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "test.commit")
+            .count();
+        assert_eq!(
+            commits,
+            items.len(),
+            "round {round}: records and ledger entries disagree"
+        );
+    }
+}

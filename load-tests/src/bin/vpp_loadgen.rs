@@ -6,7 +6,8 @@
 //! ```sh
 //! cargo run --release -p vpp-load-tests --bin vpp-loadgen -- --generate-sites 2500
 //! cargo run --release -p vpp-load-tests --bin vpp-loadgen -- \
-//!     --scenario load-tests/scenarios/million.toml --api http://127.0.0.1:8080 --dispatch-kw 100000
+//!     --scenario load-tests/scenarios/million.toml --api http://127.0.0.1:8080 --dispatch-kw 100000 \
+//!     --token-file data/operator.token
 //! ```
 //!
 //! Without `--api` it simulates until Ctrl-C (or `--duration-s`), printing a
@@ -92,6 +93,13 @@ struct Args {
     /// Benchmark: dispatch this many kW.
     #[arg(long, requires = "api")]
     dispatch_kw: Option<f64>,
+    /// Benchmark: API token of an operator or aggregator [default: the
+    /// contents of --token-file]
+    #[arg(long, env = "VPP_TOKEN", hide_env_values = true, requires = "api")]
+    token: Option<String>,
+    /// Benchmark: file holding the API token, e.g. <data-dir>/operator.token.
+    #[arg(long, requires = "api")]
+    token_file: Option<std::path::PathBuf>,
     /// Benchmark: dispatch target [default: the node's root].
     #[arg(long, requires = "api")]
     target: Option<String>,
@@ -423,7 +431,14 @@ async fn benchmark(args: &Args, sim: &SimHandle, b: Bench<'_>) -> Result<()> {
         config,
     } = b;
     let start = Instant::now();
-    let node = std::sync::Arc::new(NodeApi::new(api));
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f).map_err(|e| anyhow!("--token-file {}: {e}", f.display()))?,
+        ),
+        (None, None) => None,
+    };
+    let node = std::sync::Arc::new(NodeApi::new(api, token));
     let n = node.clone();
     let root = match api_call(move || n.root()).await {
         Ok(r) => r,

@@ -106,6 +106,35 @@ impl From<FileError> for AppError {
     }
 }
 
+impl From<crate::programs::ProgramError> for AppError {
+    fn from(e: crate::programs::ProgramError) -> Self {
+        use crate::programs::ProgramError as P;
+        let msg = e.to_string();
+        match e {
+            P::Unauthorized(_) => AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg),
+            P::Forbidden(_) => AppError::new(StatusCode::FORBIDDEN, "forbidden", msg),
+            P::NotFound(_) => AppError::not_found(msg),
+            P::Conflict(_) => AppError::new(StatusCode::CONFLICT, "conflict", msg),
+            P::Invalid(problems) => {
+                let mut a = AppError::bad_request(msg);
+                if problems.len() > 1 {
+                    a.problems = problems
+                        .into_iter()
+                        .map(|message| Problem {
+                            line: None,
+                            id: None,
+                            message,
+                        })
+                        .collect();
+                }
+                a
+            }
+            P::Node(n) => n.into(),
+            P::Store(s) => NodeError::Store(s).into(),
+        }
+    }
+}
+
 impl From<NodeError> for AppError {
     fn from(e: NodeError) -> Self {
         let msg = e.to_string();

@@ -267,6 +267,7 @@ pub(crate) async fn import_csv(
 /// `POST /api/v1/meter` with meter CSV as the body.
 pub(crate) async fn import(
     State(node): State<AppState>,
+    super::auth::Caller(caller): super::auth::Caller,
     body: Bytes,
 ) -> Result<Json<ImportSummary>, AppError> {
     let text = match String::from_utf8(body.to_vec()) {
@@ -284,9 +285,7 @@ pub(crate) async fn import(
             )));
         }
     };
-    // The actor becomes the signed-in account once the API authenticates
-    // this route's callers by name.
-    Ok(Json(import_csv(&node, "operator", text).await?))
+    Ok(Json(import_csv(&node, caller.id.as_str(), text).await?))
 }
 
 #[derive(Debug, Deserialize)]

@@ -48,6 +48,8 @@ pub struct TestNode {
     /// Where devices connect (`host:port`), for nodes started with devices.
     pub mqtt: Option<String>,
     pub dir: tempfile::TempDir,
+    /// The first operator's API token (made at first start).
+    pub token: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -84,9 +86,11 @@ impl TestNode {
         let url = url_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("node did not start");
+        let token = operator_token(dir.path());
         TestNode {
             url,
             mqtt: None,
+            token,
             dir,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -114,17 +118,20 @@ impl TestNode {
         let (url, mqtt) = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("node did not start");
+        let token = operator_token(dir.path());
         TestNode {
             url,
             mqtt: Some(mqtt),
+            token,
             dir,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
     }
 
+    /// A client signed in as the first operator.
     pub fn client(&self) -> Client {
-        Client::new(&self.url)
+        Client::new(&self.url).with_token(Some(self.token.clone()))
     }
 
     /// Stops the node and hands back its data dir.
@@ -150,25 +157,62 @@ impl Drop for TestNode {
     }
 }
 
-/// Raw request: (status, body as JSON or Null).
+/// The first operator's token in a data dir (the node writes it at first
+/// start); it becomes the default of [`request`].
+pub fn operator_token(dir: &Path) -> String {
+    let t = std::fs::read_to_string(dir.join(vpp_runtime::programs::OPERATOR_TOKEN_FILE))
+        .expect("the node writes operator.token at first start")
+        .trim()
+        .to_string();
+    *DEFAULT_TOKEN.lock().unwrap() = Some(t.clone());
+    t
+}
+
+/// Token [`request`] sends: the last started node's operator.
+static DEFAULT_TOKEN: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Raw request as the last started node's operator: (status, body as JSON
+/// or Null).
 pub fn request(method: &str, url: &str, body: Option<(&str, Vec<u8>)>) -> (u16, Value) {
+    let token = DEFAULT_TOKEN.lock().unwrap().clone();
+    request_as(token.as_deref(), method, url, body)
+}
+
+/// Raw request with `token` (`None`: no Authorization header).
+pub fn request_as(
+    token: Option<&str>,
+    method: &str,
+    url: &str,
+    body: Option<(&str, Vec<u8>)>,
+) -> (u16, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
     let resp = match (method, body) {
-        ("GET", _) => agent.get(url).call(),
-        ("DELETE", _) => agent.delete(url).call(),
-        ("POST", Some((ct, b))) => agent.post(url).content_type(ct).send(&b[..]),
-        ("POST", None) => agent.post(url).send_empty(),
-        ("PUT", Some((ct, b))) => agent.put(url).content_type(ct).send(&b[..]),
-        ("PUT", None) => agent.put(url).send_empty(),
+        ("GET", _) => auth_get(token, agent.get(url)).call(),
+        ("DELETE", _) => auth_get(token, agent.delete(url)).call(),
+        ("POST", Some((ct, b))) => auth_get(token, agent.post(url))
+            .content_type(ct)
+            .send(&b[..]),
+        ("POST", None) => auth_get(token, agent.post(url)).send_empty(),
+        ("PUT", Some((ct, b))) => auth_get(token, agent.put(url))
+            .content_type(ct)
+            .send(&b[..]),
+        ("PUT", None) => auth_get(token, agent.put(url)).send_empty(),
         _ => panic!("method {method}"),
     };
     let mut resp = resp.expect("request sent");
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn auth_get<B>(token: Option<&str>, r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+    match token {
+        Some(t) => r.header("Authorization", format!("Bearer {t}")),
+        None => r,
+    }
 }
 
 /// Like [`request`] for an upload the server rejects while it is still being
@@ -181,10 +225,10 @@ pub fn request_oversized(url: &str, body: Vec<u8>) -> (u16, Value) {
         .http_status_as_error(false)
         .build()
         .into();
+    let token = DEFAULT_TOKEN.lock().unwrap().clone();
     let mut last = None;
     for _ in 0..20 {
-        match agent
-            .put(url)
+        match auth_get(token.as_deref(), agent.put(url))
             .content_type("application/toml")
             .send(&body[..])
         {

@@ -48,6 +48,7 @@ impl NodeProcess {
         let url = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("vpp printed its address");
+        super::operator_token(dir);
         NodeProcess { child, url }
     }
 
