@@ -9,11 +9,13 @@
 
 mod audit;
 mod broker;
+mod meter;
 mod mv;
 mod output;
 
 pub use audit::{AuditCmd, ExportFormat};
 pub use broker::BrokerArgs;
+pub use meter::MeterCmd;
 pub use mv::MvCmd;
 
 use std::collections::HashMap;
@@ -70,6 +72,9 @@ pub enum Cmd {
     /// Set a DER's state by hand (until devices report it themselves).
     #[command(subcommand)]
     Der(DerCmd),
+    /// Import interval meter data of sites from CSV; show a site's readings.
+    #[command(subcommand)]
+    Meter(MeterCmd),
     /// Print or check node configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -325,6 +330,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Capacity(a) => capacity(&live(data_dir, node), a),
         Cmd::Dispatch(d) => dispatch(&live(data_dir, node), d),
         Cmd::Der(d) => der(&live(data_dir, node), d),
+        Cmd::Meter(m) => meter::run(data_dir, node, m),
         Cmd::Config(ConfigCmd::Default) => {
             print!("{DEFAULT_TOML}");
             Ok(())

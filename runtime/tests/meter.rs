@@ -223,3 +223,99 @@ fn telemetry_of_a_site_nobody_watches_is_not_metered() {
     assert_eq!(metric(&metrics, "vpp_metering_samples_total"), 0);
     assert_eq!(metric(&metrics, "vpp_metering_sites"), 0);
 }
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+#[test]
+fn the_cli_imports_and_shows_on_the_data_dir_and_through_a_node() {
+    use common::process::{vpp, NodeProcess};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let small = repo().join("examples/small.toml");
+    let out = vpp(&[
+        "--data-dir",
+        d,
+        "hierarchy",
+        "import",
+        small.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let files = tempfile::tempdir().unwrap();
+    let good = files.path().join("good.csv");
+    std::fs::write(
+        &good,
+        "site,start,kw\nres-ams-01,2026-07-01T17:00:00Z,3.25\n",
+    )
+    .unwrap();
+    let bad = files.path().join("bad.csv");
+    std::fs::write(&bad, "site,start,kw\nres-ams-01,2026-07-01T17:00:00Z,x\n").unwrap();
+    let (from, to) = ("2026-07-01T17:00:00Z", "2026-07-01T18:00:00Z");
+
+    // No node: straight into the data dir.
+    let out = vpp(&["--data-dir", d, "meter", "import", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 readings for 1 site(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = vpp(&["--data-dir", d, "meter", "import", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("bad.csv:2: kw:"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = vpp(&[
+        "--data-dir",
+        d,
+        "meter",
+        "show",
+        SITE,
+        "--from",
+        from,
+        "--to",
+        to,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("3.250"), "{}", text(&out.stdout));
+
+    // A node holds the data dir: through its API.
+    let _node = NodeProcess::start(dir.path());
+    std::fs::write(&good, "site,start,kw\nres-ams-01,2026-07-01T17:05:00Z,-2\n").unwrap();
+    let out = vpp(&["--data-dir", d, "meter", "import", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("into the node at http://"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = vpp(&["--data-dir", d, "meter", "import", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("line 2: kw:"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = vpp(&[
+        "--data-dir",
+        d,
+        "meter",
+        "show",
+        SITE,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["readings"],
+        json!([{"start_ms": T0, "kw": 3.25}, {"start_ms": T0 + 300_000, "kw": -2.0}])
+    );
+}
