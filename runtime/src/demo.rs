@@ -146,7 +146,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         Err(e) => eprintln!("dispatch failed: {e:#}"),
     }
     if !a.no_programs {
-        if let Err(e) = journey::run(&node, &h, &root).await {
+        if let Err(e) = journey::run(&node, &h, &root, &running.api.to_string()).await {
             eprintln!("demand-response journey failed: {e:#}");
         }
     }

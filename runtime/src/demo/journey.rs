@@ -35,7 +35,7 @@ fn err(e: pg::ProgramError) -> anyhow::Error {
 }
 
 /// Runs the journey on `region` (a child of the root).
-pub(super) async fn run(node: &Arc<Node>, h: &Hierarchy, root: &NodeId) -> Result<()> {
+pub(super) async fn run(node: &Arc<Node>, h: &Hierarchy, root: &NodeId, api: &str) -> Result<()> {
     let store = node.store();
     let op: Account = store
         .registry_get("account/operator")?
@@ -306,7 +306,7 @@ pub(super) async fn run(node: &Arc<Node>, h: &Hierarchy, root: &NodeId) -> Resul
         }
     );
     println!(
-        "    try it as the aggregator: curl -H 'Authorization: Bearer {}' http://<api>/api/v1/settlements",
+        "    try it as the aggregator: curl -H 'Authorization: Bearer {}' http://{api}/api/v1/settlements",
         token.token
     );
     Ok(())
