@@ -94,6 +94,18 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// A query string, or a 400 counted under `route` as `bad_query`.
+pub(crate) fn query<T>(
+    node: &Node,
+    route: &'static str,
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, AppError> {
+    q.map(|axum::extract::Query(q)| q).map_err(|e| {
+        node.rejections.count(route, "bad_query");
+        AppError::bad_request(e.body_text())
+    })
+}
+
 /// The router over a node.
 pub fn router(node: Arc<Node>) -> Router {
     let limit = (node.config().api.max_body_mb * 1024 * 1024) as usize;

@@ -34,7 +34,7 @@ use vpp_domain::ledger::{
 use crate::codec::corrupt;
 use crate::error::StoreError;
 use crate::keys::{ledger_entry_key, ledger_entry_seq, LEDGER_END_KEY, LEDGER_HEAD_KEY};
-use crate::store::{Store, LEDGER};
+use crate::store::{now_ms, Store, LEDGER};
 
 /// First byte of the head record.
 const HEAD_VERSION: u8 = 1;
@@ -241,13 +241,6 @@ impl Store {
         }
         Ok(v.finish())
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ use vpp_domain::NodeId;
 use crate::codec::corrupt;
 use crate::error::StoreError;
 use crate::ledger::append_tx;
-use crate::store::{Store, METER};
+use crate::store::{now_ms, Store, METER};
 
 /// Most readings one [`Store::import_meter`] takes: a sled transaction holds
 /// all of its writes in memory until it commits (about 200 bytes each).
@@ -181,13 +181,6 @@ impl Store {
         }
         Ok(out)
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use vpp_domain::ledger::{LedgerDraft, LedgerEntry};
 use crate::codec::corrupt;
 use crate::error::StoreError;
 use crate::ledger::append_tx;
-use crate::store::{Store, REGISTRY};
+use crate::store::{now_ms, Store, REGISTRY};
 
 /// One write of a commit.
 #[derive(Debug, Clone)]
@@ -139,13 +139,6 @@ impl Store {
 
 fn decode_json<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| corrupt(REGISTRY, key, format!("json: {e}")))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -201,6 +201,14 @@ impl Store {
     }
 }
 
+/// Now, Unix ms (ledger entries, meter imports); 0 if the clock is before 1970.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// sled reports a held lock as an `Other` I/O error whose text says so
 /// (`could not acquire lock on "…/db": …WouldBlock…`).
 fn open_error(dir: &Path, e: sled::Error) -> StoreError {

@@ -9,7 +9,7 @@ use vpp_domain::units::kilo_to_unit_signed;
 use vpp_domain::NodeId;
 
 use super::views::CapacityView;
-use super::{AppError, AppState};
+use super::{query, AppError, AppState};
 
 /// Children listed in a capacity answer unless `?children=N` says otherwise.
 const DEFAULT_CHILDREN: usize = 100;
@@ -26,17 +26,6 @@ pub(crate) fn node_id(node: &AppState, route: &'static str, raw: &str) -> Result
     NodeId::new(raw).map_err(|e| {
         node.rejections.count(route, "bad_id");
         AppError::bad_request(format!("node id: {e}"))
-    })
-}
-
-fn query<T>(
-    node: &AppState,
-    route: &'static str,
-    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
-) -> Result<T, AppError> {
-    q.map(|Query(q)| q).map_err(|e| {
-        node.rejections.count(route, "bad_query");
-        AppError::bad_request(e.body_text())
     })
 }
 

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::auth::Caller;
-use super::{json_body, AppError, AppState};
+use super::{json_body, query, AppError, AppState};
 use crate::node::Node;
 use crate::programs::{self as pg, ProgramError};
 
@@ -57,58 +57,76 @@ fn body<T: DeserializeOwned>(
     json_body(node, route, what, b)
 }
 
-fn query<T>(
-    node: &Node,
-    route: &'static str,
-    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
-) -> Result<T, AppError> {
-    q.map(|Query(q)| q).map_err(|e| {
-        node.rejections.count(route, "bad_query");
-        AppError::bad_request(e.body_text())
-    })
+/// A handler that calls `$action(&node, &caller, &id)` for a path `…/{id}…`
+/// (`await` when the action is async).
+macro_rules! by_id {
+    ($(#[$m:meta])* $name:ident, $route:literal, $action:path $(, $aw:tt)?) => {
+        $(#[$m])*
+        pub(crate) async fn $name(
+            State(node): State<AppState>,
+            Caller(c): Caller,
+            Path(id): Path<String>,
+        ) -> Result<impl IntoResponse, AppError> {
+            answer(&node, $route, $action(&node, &c, &id)$(.$aw)?)
+        }
+    };
+}
+
+/// A handler that lists what `$action(&node, &caller)` lets the caller see.
+macro_rules! listing {
+    ($(#[$m:meta])* $name:ident, $route:literal, $action:path) => {
+        $(#[$m])*
+        pub(crate) async fn $name(
+            State(node): State<AppState>,
+            Caller(c): Caller,
+        ) -> Result<impl IntoResponse, AppError> {
+            answer(&node, $route, $action(&node, &c))
+        }
+    };
+}
+
+/// A handler that parses a JSON body (`$what` names it in errors) and
+/// answers 201 with what `$action(&node, &caller, body)` created.
+macro_rules! creating {
+    ($(#[$m:meta])* $name:ident, $route:literal, $what:literal, $action:path) => {
+        $(#[$m])*
+        pub(crate) async fn $name(
+            State(node): State<AppState>,
+            Caller(c): Caller,
+            b: Bytes,
+        ) -> Result<impl IntoResponse, AppError> {
+            let req = body(&node, $route, $what, &b)?;
+            created(&node, $route, $action(&node, &c, req).await)
+        }
+    };
 }
 
 // ---- accounts -------------------------------------------------------------
 
-/// `POST /api/v1/accounts`
-pub(crate) async fn create_account(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-    b: Bytes,
-) -> Result<impl IntoResponse, AppError> {
-    let req = body(&node, "accounts", "account", &b)?;
-    created(
-        &node,
-        "accounts",
-        pg::accounts::create_account(&node, &c, req).await,
-    )
-}
+creating!(
+    /// `POST /api/v1/accounts`
+    create_account,
+    "accounts",
+    "account",
+    pg::accounts::create_account
+);
 
-/// `GET /api/v1/accounts`
-pub(crate) async fn list_accounts(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-) -> Result<impl IntoResponse, AppError> {
-    answer(&node, "accounts", pg::accounts::list_accounts(&node, &c))
-}
+listing!(
+    /// `GET /api/v1/accounts`
+    list_accounts, "accounts", pg::accounts::list_accounts);
 
 /// `GET /api/v1/accounts/me`
 pub(crate) async fn me(Caller(c): Caller) -> impl IntoResponse {
     Json(c)
 }
 
-/// `POST /api/v1/accounts/{id}/verify`
-pub(crate) async fn verify_account(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, AppError> {
-    answer(
-        &node,
-        "accounts",
-        pg::accounts::verify_utility(&node, &c, &id).await,
-    )
-}
+by_id!(
+    /// `POST /api/v1/accounts/{id}/verify`
+    verify_account,
+    "accounts",
+    pg::accounts::verify_utility,
+    await
+);
 
 /// `POST /api/v1/accounts/{id}/tokens` (body optional: `{"ttl_s": N}`)
 pub(crate) async fn issue_token(
@@ -146,19 +164,13 @@ pub(crate) async fn revoke_token(
 
 // ---- programs -------------------------------------------------------------
 
-/// `POST /api/v1/programs`
-pub(crate) async fn create_program(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-    b: Bytes,
-) -> Result<impl IntoResponse, AppError> {
-    let req = body(&node, "programs", "program", &b)?;
-    created(
-        &node,
-        "programs",
-        pg::catalog::create_program(&node, &c, req).await,
-    )
-}
+creating!(
+    /// `POST /api/v1/programs`
+    create_program,
+    "programs",
+    "program",
+    pg::catalog::create_program
+);
 
 /// `GET /api/v1/programs?zone=&lat=&lon=&capacity_kw=&segment=&kind=&resource=`
 pub(crate) async fn search_programs(
@@ -170,14 +182,9 @@ pub(crate) async fn search_programs(
     answer(&node, "programs", pg::catalog::search(&node, &c, q).await)
 }
 
-/// `GET /api/v1/programs/{id}`
-pub(crate) async fn get_program(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, AppError> {
-    answer(&node, "programs", pg::catalog::get(&node, &c, &id))
-}
+by_id!(
+    /// `GET /api/v1/programs/{id}`
+    get_program, "programs", pg::catalog::get);
 
 /// `PUT /api/v1/programs/{id}/terms`: propose new terms.
 pub(crate) async fn propose_terms(
@@ -194,136 +201,57 @@ pub(crate) async fn propose_terms(
     )
 }
 
-/// `POST /api/v1/programs/{id}/terms/approve`
-pub(crate) async fn approve_terms(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, AppError> {
-    answer(
-        &node,
-        "programs",
-        pg::catalog::approve_terms(&node, &c, &id).await,
-    )
-}
+by_id!(
+    /// `POST /api/v1/programs/{id}/terms/approve`
+    approve_terms, "programs", pg::catalog::approve_terms, await);
 
 // ---- enrollments ----------------------------------------------------------
 
-/// `POST /api/v1/enrollments`
-pub(crate) async fn enroll(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-    b: Bytes,
-) -> Result<impl IntoResponse, AppError> {
-    let req = body(&node, "enrollments", "enrollment", &b)?;
-    created(
-        &node,
-        "enrollments",
-        pg::enrollments::enroll(&node, &c, req).await,
-    )
-}
+creating!(
+    /// `POST /api/v1/enrollments`
+    enroll, "enrollments", "enrollment", pg::enrollments::enroll);
 
-/// `GET /api/v1/enrollments`
-pub(crate) async fn list_enrollments(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-) -> Result<impl IntoResponse, AppError> {
-    answer(&node, "enrollments", pg::enrollments::list(&node, &c))
-}
+listing!(
+    /// `GET /api/v1/enrollments`
+    list_enrollments, "enrollments", pg::enrollments::list);
 
-/// `GET /api/v1/enrollments/{id}`
-pub(crate) async fn get_enrollment(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, AppError> {
-    answer(&node, "enrollments", pg::enrollments::get(&node, &c, &id))
-}
+by_id!(
+    /// `GET /api/v1/enrollments/{id}`
+    get_enrollment, "enrollments", pg::enrollments::get);
 
-/// `POST /api/v1/enrollments/{id}/cancel`
-pub(crate) async fn cancel_enrollment(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, AppError> {
-    answer(
-        &node,
-        "enrollments",
-        pg::enrollments::cancel(&node, &c, &id).await,
-    )
-}
+by_id!(
+    /// `POST /api/v1/enrollments/{id}/cancel`
+    cancel_enrollment,
+    "enrollments",
+    pg::enrollments::cancel,
+    await
+);
 
 // ---- events ---------------------------------------------------------------
 
-/// `POST /api/v1/events`
-pub(crate) async fn create_event(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-    b: Bytes,
-) -> Result<impl IntoResponse, AppError> {
-    let req = body(&node, "events", "event", &b)?;
-    created(
-        &node,
-        "events",
-        pg::events::create_event(&node, &c, req).await,
-    )
-}
+creating!(
+    /// `POST /api/v1/events`
+    create_event, "events", "event", pg::events::create_event);
 
-/// `GET /api/v1/events`
-pub(crate) async fn list_events(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-) -> Result<impl IntoResponse, AppError> {
-    answer(&node, "events", pg::events::list(&node, &c))
-}
+listing!(
+    /// `GET /api/v1/events`
+    list_events, "events", pg::events::list);
 
-/// `GET /api/v1/events/{id}`
-pub(crate) async fn get_event(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, AppError> {
-    answer(&node, "events", pg::events::get(&node, &c, &id))
-}
+by_id!(
+    /// `GET /api/v1/events/{id}`
+    get_event, "events", pg::events::get);
 
-/// `POST /api/v1/events/{id}/notify`
-pub(crate) async fn notify_event(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, AppError> {
-    answer(
-        &node,
-        "events",
-        pg::events::notify_event(&node, &c, &id).await,
-    )
-}
+by_id!(
+    /// `POST /api/v1/events/{id}/notify`
+    notify_event, "events", pg::events::notify_event, await);
 
-/// `POST /api/v1/events/{id}/approve`
-pub(crate) async fn approve_event(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, AppError> {
-    answer(
-        &node,
-        "events",
-        pg::events::approve_event(&node, &c, &id).await,
-    )
-}
+by_id!(
+    /// `POST /api/v1/events/{id}/approve`
+    approve_event, "events", pg::events::approve_event, await);
 
-/// `POST /api/v1/events/{id}/cancel`
-pub(crate) async fn cancel_event(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, AppError> {
-    answer(
-        &node,
-        "events",
-        pg::events::cancel_event(&node, &c, &id).await,
-    )
-}
+by_id!(
+    /// `POST /api/v1/events/{id}/cancel`
+    cancel_event, "events", pg::events::cancel_event, await);
 
 /// `POST /api/v1/events/{id}/confirmations`
 pub(crate) async fn confirm(
@@ -340,13 +268,9 @@ pub(crate) async fn confirm(
     )
 }
 
-/// `GET /api/v1/notices`: the caller's part in every event that called it.
-pub(crate) async fn notices(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-) -> Result<impl IntoResponse, AppError> {
-    answer(&node, "notices", pg::events::notices(&node, &c))
-}
+listing!(
+    /// `GET /api/v1/notices`: the caller's part in every event that called it.
+    notices, "notices", pg::events::notices);
 
 /// `GET /api/v1/notices/stream`: new notices as server-sent events
 /// (`event: event` or `event: cancelled`, JSON data).
@@ -428,18 +352,13 @@ pub(crate) async fn settle_event(
     )
 }
 
-/// `POST /api/v1/events/{id}/settlement/approve`
-pub(crate) async fn approve_settlement(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, AppError> {
-    answer(
-        &node,
-        "settlements",
-        pg::settle::approve(&node, &c, &id).await,
-    )
-}
+by_id!(
+    /// `POST /api/v1/events/{id}/settlement/approve`
+    approve_settlement,
+    "settlements",
+    pg::settle::approve,
+    await
+);
 
 /// Query of `GET /api/v1/settlements`.
 #[derive(Debug, serde::Deserialize)]
@@ -463,14 +382,9 @@ pub(crate) async fn list_settlements(
     )
 }
 
-/// `GET /api/v1/participants/{id}/metrics`: performance history.
-pub(crate) async fn participant_metrics(
-    State(node): State<AppState>,
-    Caller(c): Caller,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, AppError> {
-    answer(&node, "metrics", pg::settle::metrics(&node, &c, &id))
-}
+by_id!(
+    /// `GET /api/v1/participants/{id}/metrics`: performance history.
+    participant_metrics, "metrics", pg::settle::metrics);
 
 // ---- audit ledger ---------------------------------------------------------
 
