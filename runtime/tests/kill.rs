@@ -163,14 +163,24 @@ fn sigkill_right_after_program_steps_are_acknowledged_loses_none() {
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
         post_as(&op, &format!("{url}/api/v1/accounts"), b, 201);
-        post_as(&op, &format!("{url}/api/v1/accounts/{id}/tokens"), json!({}), 201)["token"]
+        post_as(
+            &op,
+            &format!("{url}/api/v1/accounts/{id}/tokens"),
+            json!({}),
+            201,
+        )["token"]
             .as_str()
             .unwrap()
             .to_string()
     };
     let utility = acct("u", "utility", json!({"jurisdiction": ["NL-north"]}));
     let shop = acct("p", "participant", json!({"resources": ["com-ams-02"]}));
-    post_as(&op, &format!("{url}/api/v1/accounts/u/verify"), json!({}), 200);
+    post_as(
+        &op,
+        &format!("{url}/api/v1/accounts/u/verify"),
+        json!({}),
+        200,
+    );
     let program = json!({
         "id": "prog", "name": "P", "kind": "capacity", "zones": ["NL-north"],
         "terms": {"currency": "EUR", "capacity_per_kw": "1", "energy_per_kwh": "0.1"},
@@ -184,7 +194,12 @@ fn sigkill_right_after_program_steps_are_acknowledged_loses_none() {
                     "duration_s": 600, "requested_kw": 10.0});
     post_as(&utility, &format!("{url}/api/v1/events"), ev, 201);
     let conf = json!({"enrollment": "en", "answer": "confirm", "confidence_pct": 80});
-    post_as(&shop, &format!("{url}/api/v1/events/ev/confirmations"), conf, 200);
+    post_as(
+        &shop,
+        &format!("{url}/api/v1/events/ev/confirmations"),
+        conf,
+        200,
+    );
     node.kill9(); // the moment the last acknowledgement arrived
 
     {

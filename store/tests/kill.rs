@@ -621,7 +621,8 @@ fn registry_writer(dir: &Path, start: u64) {
 
 #[test]
 fn acknowledged_registry_commits_survive_sigkill_whole_with_their_ledger_entry() {
-    const TEST: &str = "acknowledged_registry_commits_survive_sigkill_whole_with_their_ledger_entry";
+    const TEST: &str =
+        "acknowledged_registry_commits_survive_sigkill_whole_with_their_ledger_entry";
     if let Some((dir, start)) = child_args("registry") {
         return registry_writer(&dir, start);
     }
