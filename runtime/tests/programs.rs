@@ -458,3 +458,347 @@ fn the_whole_journey_from_discovery_to_approved_settlement() {
     }
     rt.block_on(sim.stop());
 }
+
+/// A node with small.toml, a verified utility for NL-north, a shop owning
+/// com-ams-02 enrolled in `program` (auto-confirm as given).
+struct Setup {
+    node: TestNode,
+    utility: String,
+    shop: String,
+}
+
+fn setup(kind: &str, auto_confirm: bool) -> Setup {
+    let node = TestNode::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.programs.tick_ms = 50;
+        c.programs.quorum = 2;
+    });
+    let text = std::fs::read_to_string(repo().join("examples/small.toml")).unwrap();
+    node.client().put_text("/api/v1/hierarchy", text).unwrap();
+    let utility = account(
+        &node,
+        "grid-north",
+        "utility",
+        json!({"jurisdiction": ["NL-north"]}),
+    );
+    let shop = account(
+        &node,
+        "fresh-foods",
+        "participant",
+        json!({"resources": ["com-ams-02"]}),
+    );
+    call(
+        &node,
+        &node.token,
+        "POST",
+        "/api/v1/accounts/grid-north/verify",
+        None,
+        200,
+    );
+    let program = json!({
+        "id": "p", "name": "P", "kind": kind, "zones": ["NL-north"],
+        "terms": {"currency": "EUR", "capacity_per_kw": "1.00", "energy_per_kwh": "0.10"},
+        "notice_s": 0, "max_events_per_season": 10, "max_hours_per_season": 10,
+        "max_event_duration_s": 3600, "baseline": {"method": "x_of_y", "x": 3, "y": 5}
+    });
+    call(
+        &node,
+        &utility,
+        "POST",
+        "/api/v1/programs",
+        Some(program),
+        201,
+    );
+    let en = json!({"id": "en", "program": "p", "resource": "com-ams-02", "committed_kw": 10.0,
+                    "auto_confirm": auto_confirm});
+    call(&node, &shop, "POST", "/api/v1/enrollments", Some(en), 201);
+    Setup {
+        node,
+        utility,
+        shop,
+    }
+}
+
+fn event(id: &str, start_in_s: u64, duration_s: u64) -> Value {
+    json!({"id": id, "program": "p", "zones": ["NL-north"], "start_in_s": start_in_s,
+           "duration_s": duration_s, "requested_kw": 10.0,
+           "grid": {"reason": "frequency dip", "frequency_hz": 49.7}})
+}
+
+#[test]
+fn an_emergency_event_waits_for_a_second_approver() {
+    let s = setup("emergency", false);
+    let (node, op) = (&s.node, s.node.token.clone());
+    let ev = call(
+        node,
+        &s.utility,
+        "POST",
+        "/api/v1/events",
+        Some(event("em", 600, 60)),
+        201,
+    );
+    assert_eq!(ev["status"], "draft", "{ev}");
+    assert!(ev["participants"].as_array().unwrap().is_empty());
+    // Not notified yet: the shop has nothing; the proposer cannot approve
+    // twice; notify is refused without the quorum; a participant may not approve.
+    let n = call(node, &s.shop, "GET", "/api/v1/notices", None, 200);
+    assert!(n.as_array().unwrap().is_empty(), "{n}");
+    call(
+        node,
+        &s.utility,
+        "POST",
+        "/api/v1/events/em/approve",
+        None,
+        403,
+    );
+    call(
+        node,
+        &s.utility,
+        "POST",
+        "/api/v1/events/em/notify",
+        None,
+        403,
+    );
+    call(
+        node,
+        &s.shop,
+        "POST",
+        "/api/v1/events/em/approve",
+        None,
+        403,
+    );
+    // The operator is the second approver: the event goes out.
+    let ev = call(node, &op, "POST", "/api/v1/events/em/approve", None, 200);
+    assert_eq!(ev["status"], "notified", "{ev}");
+    assert_eq!(ev["approvals"]["by"], json!(["grid-north", "operator"]));
+    let n = call(node, &s.shop, "GET", "/api/v1/notices", None, 200);
+    assert_eq!(n[0]["event"]["id"], "em", "{n}");
+}
+
+#[test]
+fn new_terms_apply_only_once_approved() {
+    let s = setup("capacity", false);
+    let node = &s.node;
+    let terms =
+        json!({"terms": {"currency": "EUR", "capacity_per_kw": "9.00", "energy_per_kwh": "0.10"}});
+    let p = call(
+        node,
+        &s.utility,
+        "PUT",
+        "/api/v1/programs/p/terms",
+        Some(terms.clone()),
+        200,
+    );
+    assert_eq!(
+        p["terms"]["capacity_per_kw"], "1.00",
+        "old terms still apply: {p}"
+    );
+    assert_eq!(p["pending_terms"]["terms"]["capacity_per_kw"], "9.00");
+    // A second proposal waits for the first; the proposer cannot approve.
+    call(
+        node,
+        &s.utility,
+        "PUT",
+        "/api/v1/programs/p/terms",
+        Some(terms),
+        409,
+    );
+    call(
+        node,
+        &s.utility,
+        "POST",
+        "/api/v1/programs/p/terms/approve",
+        None,
+        403,
+    );
+    let p = call(
+        node,
+        &node.token,
+        "POST",
+        "/api/v1/programs/p/terms/approve",
+        None,
+        200,
+    );
+    assert_eq!(p["terms"]["capacity_per_kw"], "9.00", "{p}");
+    assert_eq!(p["terms_version"], 2);
+    assert!(p["pending_terms"].is_null());
+}
+
+#[test]
+fn participants_decline_or_opt_out_before_the_start_only() {
+    let s = setup("capacity", false);
+    let node = &s.node;
+    call(
+        node,
+        &s.utility,
+        "POST",
+        "/api/v1/events",
+        Some(event("e1", 600, 60)),
+        201,
+    );
+    let ans = |answer: &str, want: u16| {
+        call(
+            node,
+            &s.shop,
+            "POST",
+            "/api/v1/events/e1/confirmations",
+            Some(json!({"enrollment": "en", "answer": answer})),
+            want,
+        )
+    };
+    ans("opt_out", 409); // nothing to opt out of yet
+    let e = ans("confirm", 200);
+    assert_eq!(e["participants"][0]["committed_w"], 10_000);
+    ans("decline", 409); // confirmed: opt out instead
+    let e = ans("opt_out", 200);
+    assert_eq!(e["participants"][0]["status"], "opted_out");
+    // Too much, or another's enrollment.
+    call(
+        node,
+        &s.shop,
+        "POST",
+        "/api/v1/events/e1/confirmations",
+        Some(json!({"enrollment": "en", "answer": "confirm", "committed_kw": 11.0})),
+        400,
+    );
+    call(
+        node,
+        &s.utility,
+        "POST",
+        "/api/v1/events/e1/confirmations",
+        Some(json!({"enrollment": "en", "answer": "confirm"})),
+        403,
+    );
+}
+
+#[test]
+fn an_auto_confirmed_event_is_dispatched_and_its_cancel_withdraws_the_order() {
+    let s = setup("capacity", true);
+    let (node, op) = (&s.node, s.node.token.clone());
+    let ev = call(
+        node,
+        &s.utility,
+        "POST",
+        "/api/v1/events",
+        Some(event("e2", 1, 600)),
+        201,
+    );
+    assert_eq!(ev["participants"][0]["status"], "confirmed", "{ev}");
+    assert_eq!(ev["participants"][0]["auto"], true);
+    let ev = eventually(20, || {
+        let v = call(node, &op, "GET", "/api/v1/events/e2", None, 200);
+        (v["status"] == "active").then_some(v)
+    });
+    let d = ev["participants"][0]["dispatch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(20, || {
+        let v = call(
+            node,
+            &op,
+            "GET",
+            &format!("/api/v1/dispatches/{d}"),
+            None,
+            200,
+        );
+        (v["dispatch"]["status"] == "allocated").then_some(())
+    });
+    let v = call(
+        node,
+        &op,
+        "GET",
+        "/api/v1/nodes/com-ams-02/capacity",
+        None,
+        200,
+    );
+    assert_eq!(v["committed_up_kw"], 10.0, "{v}");
+    // A participant may not cancel; the utility may.
+    call(node, &s.shop, "POST", "/api/v1/events/e2/cancel", None, 403);
+    let ev = call(
+        node,
+        &s.utility,
+        "POST",
+        "/api/v1/events/e2/cancel",
+        None,
+        200,
+    );
+    assert_eq!(ev["status"], "cancelled");
+    let v = call(
+        node,
+        &op,
+        "GET",
+        &format!("/api/v1/dispatches/{d}"),
+        None,
+        200,
+    );
+    assert_eq!(v["dispatch"]["status"], "cancelled", "{v}");
+    let v = call(
+        node,
+        &op,
+        "GET",
+        "/api/v1/nodes/com-ams-02/capacity",
+        None,
+        200,
+    );
+    assert_eq!(v["committed_up_kw"], 0.0, "{v}");
+    // Cancelled events are not settled.
+    call(
+        node,
+        &s.utility,
+        "POST",
+        "/api/v1/events/e2/settlement",
+        None,
+        409,
+    );
+}
+
+#[test]
+fn the_notice_stream_sends_each_participant_its_own_notices() {
+    use std::io::{BufRead, BufReader, Write};
+    let s = setup("capacity", false);
+    let node = &s.node;
+    let addr = node.url.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        conn,
+        "GET /api/v1/notices/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n\r\n",
+        s.shop
+    )
+    .unwrap();
+    let mut lines = BufReader::new(conn).lines();
+    let status = lines.next().unwrap().unwrap();
+    assert!(status.contains("200"), "{status}");
+    // The stream is open once its headers arrived; now call an event.
+    loop {
+        let l = lines.next().unwrap().unwrap();
+        if l.to_ascii_lowercase().starts_with("content-type") {
+            assert!(l.contains("text/event-stream"), "{l}");
+        }
+        if l.is_empty() {
+            break;
+        }
+    }
+    call(
+        node,
+        &s.utility,
+        "POST",
+        "/api/v1/events",
+        Some(event("e3", 600, 60)),
+        201,
+    );
+    let data = loop {
+        let l = lines
+            .next()
+            .expect("stream ended")
+            .expect("a line within 20 s");
+        if let Some(d) = l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")) {
+            break d.to_string();
+        }
+    };
+    let n: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(n["account"], "fresh-foods");
+    assert_eq!(n["event"]["id"], "e3");
+    assert_eq!(n["event"]["grid"]["frequency_hz"], 49.7);
+}
