@@ -7,12 +7,14 @@
 //! running node: `--node URL`, or the node serving `--data-dir`, or
 //! `http://127.0.0.1:8080`.
 
+mod account;
 mod audit;
 mod broker;
 mod meter;
 mod mv;
 mod output;
 
+pub use account::{AccountCmd, RoleArg};
 pub use audit::{AuditCmd, ExportFormat};
 pub use broker::BrokerArgs;
 pub use meter::MeterCmd;
@@ -87,6 +89,9 @@ pub enum Cmd {
     /// Verify or export the hash-chained audit ledger, offline on --data-dir.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Accounts and API tokens (operator, utility, aggregator, participant).
+    #[command(subcommand)]
+    Account(AccountCmd),
     /// Ask a running node whether it is up.
     Health,
 }
@@ -331,6 +336,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Dispatch(d) => dispatch(&live(data_dir, node), d),
         Cmd::Der(d) => der(&live(data_dir, node), d),
         Cmd::Meter(m) => meter::run(data_dir, node, m),
+        Cmd::Account(a) => account::run(&live(data_dir, node), a),
         Cmd::Config(ConfigCmd::Default) => {
             print!("{DEFAULT_TOML}");
             Ok(())

@@ -186,3 +186,62 @@ fn config_default_prints_a_valid_config() {
     assert!(!out.status.success());
     assert!(s(&out.stderr).contains("bad.toml"), "{}", s(&out.stderr));
 }
+
+#[test]
+fn accounts_and_tokens_from_the_cli_against_a_running_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let _node = NodeProcess::start(dir.path());
+    let ok = |args: &[&str]| {
+        let mut all = vec!["--data-dir", d];
+        all.extend_from_slice(args);
+        let out = vpp(&all);
+        assert!(out.status.success(), "{args:?}: {}", s(&out.stderr));
+        s(&out.stdout)
+    };
+    // The operator's token comes from the data dir without any flag.
+    assert!(ok(&["account", "me"]).contains("operator"));
+    let made = ok(&[
+        "account",
+        "create",
+        "grid-north",
+        "--role",
+        "utility",
+        "--name",
+        "Grid North",
+        "--zone",
+        "NL-north",
+    ]);
+    assert!(made.contains("UNVERIFIED"), "{made}");
+    assert!(ok(&["account", "verify", "grid-north"]).contains("verified"));
+    let token = ok(&["account", "token", "grid-north", "--ttl-s", "3600"]);
+    let token = token.trim();
+    assert!(token.starts_with("vpp_"), "{token}");
+    // The utility's own token: it is who it says, and may not list accounts.
+    let me = vpp(&["--data-dir", d, "--token", token, "account", "me"]);
+    assert!(s(&me.stdout).contains("grid-north"), "{}", s(&me.stderr));
+    let list = vpp(&["--data-dir", d, "--token", token, "account", "list"]);
+    assert!(!list.status.success());
+    assert!(s(&list.stderr).contains("403"), "{}", s(&list.stderr));
+    // Revoked, it is refused.
+    let id = token.split('_').nth(1).unwrap();
+    ok(&["account", "revoke", id]);
+    let me = vpp(&["--data-dir", d, "--token", token, "account", "me"]);
+    assert!(!me.status.success());
+    assert!(s(&me.stderr).contains("revoked"), "{}", s(&me.stderr));
+    // A bad role is a clear usage error.
+    let bad = vpp(&[
+        "--data-dir",
+        d,
+        "account",
+        "create",
+        "x",
+        "--role",
+        "king",
+        "--name",
+        "X",
+    ]);
+    assert!(!bad.status.success());
+    assert!(s(&bad.stderr).contains("king"), "{}", s(&bad.stderr));
+    assert!(ok(&["account", "list"]).contains("grid-north"));
+}
