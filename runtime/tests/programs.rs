@@ -509,7 +509,7 @@ fn setup(kind: &str, auto_confirm: bool) -> Setup {
         201,
     );
     let en = json!({"id": "en", "program": "p", "resource": "com-ams-02", "committed_kw": 10.0,
-                    "auto_confirm": auto_confirm});
+                    "auto_confirm": auto_confirm, "max_opt_outs_per_season": 1});
     call(&node, &shop, "POST", "/api/v1/enrollments", Some(en), 201);
     Setup {
         node,
@@ -651,6 +651,28 @@ fn participants_decline_or_opt_out_before_the_start_only() {
     ans("decline", 409); // confirmed: opt out instead
     let e = ans("opt_out", 200);
     assert_eq!(e["participants"][0]["status"], "opted_out");
+    // One opt-out a season: in the next event the confirmation stands.
+    call(
+        node,
+        &s.utility,
+        "POST",
+        "/api/v1/events",
+        Some(event("e1b", 900, 60)),
+        201,
+    );
+    let ans2 = |answer: &str, want: u16| {
+        call(
+            node,
+            &s.shop,
+            "POST",
+            "/api/v1/events/e1b/confirmations",
+            Some(json!({"enrollment": "en", "answer": answer})),
+            want,
+        )
+    };
+    ans2("confirm", 200);
+    let e = ans2("opt_out", 409);
+    assert!(e.to_string().contains("1 of its 1 opt-outs"), "{e}");
     // Too much, or another's enrollment.
     call(
         node,

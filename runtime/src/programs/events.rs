@@ -16,7 +16,7 @@ use vpp_domain::program::{
     Participation, ParticipationStatus, Program, ProgramKind, SeasonUse,
 };
 use vpp_domain::units::kilo_to_unit;
-use vpp_domain::{Direction, DispatchId, DispatchOrder, EventId};
+use vpp_domain::{Direction, DispatchId, DispatchOrder, EnrollmentId, EventId};
 
 use super::catalog::{get_program, may_approve};
 use super::enrollments::{facts_for, get_enrollment, resource_facts, SiteIndex};
@@ -537,6 +537,15 @@ pub async fn confirm(
                     "only a confirmation can be opted out of; answer decline instead".into(),
                 ));
             }
+            // The enrollment's opt-out terms: beyond its allowance the
+            // confirmation stands (and non-delivery settles as such).
+            let used = opt_outs_this_season(node, &p, &en.id)?;
+            if used >= en.max_opt_outs_per_season {
+                return Err(ProgramError::Conflict(format!(
+                    "enrollment {} has used {used} of its {} opt-outs this season; the confirmation stands",
+                    en.id, en.max_opt_outs_per_season
+                )));
+            }
             part.status = ParticipationStatus::OptedOut;
             part.committed_w = 0;
         }
@@ -561,6 +570,22 @@ pub async fn confirm(
     )
     .await?;
     Ok(e)
+}
+
+/// Events of `p`'s season in which enrollment `en` opted out.
+fn opt_outs_this_season(node: &Node, p: &Program, en: &EnrollmentId) -> Result<u32> {
+    let events: Vec<Event> = node.store().registry_scan("event/")?;
+    Ok(events
+        .iter()
+        .filter(|e| {
+            e.program == p.id && e.start_ms >= p.season.start_ms && e.start_ms < p.season.end_ms
+        })
+        .filter(|e| {
+            e.participants
+                .iter()
+                .any(|x| &x.enrollment == en && x.status == ParticipationStatus::OptedOut)
+        })
+        .count() as u32)
 }
 
 /// Calls an event off: its utility or an operator. Dispatches already sent
