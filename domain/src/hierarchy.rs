@@ -313,6 +313,15 @@ impl Hierarchy {
             .chain(self.ders.iter().cloned().map(NodeSpec::Der))
     }
 
+    /// Every node's id: virtual DERs, sites, DERs.
+    pub fn nodes_ids(&self) -> impl Iterator<Item = &NodeId> + '_ {
+        self.virtual_ders
+            .iter()
+            .map(|v| &v.id)
+            .chain(self.sites.iter().map(|s| &s.id))
+            .chain(self.ders.iter().map(|d| &d.id))
+    }
+
     /// Rebuilds a hierarchy from stored records (any order).
     pub fn from_nodes(nodes: impl IntoIterator<Item = NodeSpec>) -> Self {
         let mut h = Hierarchy::default();

@@ -458,8 +458,10 @@ impl Enrollment {
         for w in &self.windows {
             if w.days.is_empty() || w.to <= w.from {
                 problems.push(format!(
-                    "window {:?}: needs at least one day and to after from",
-                    w
+                    "windows: {} to {} on {} days: a window needs at least one day and `to` after `from`",
+                    String::from(w.from),
+                    String::from(w.to),
+                    w.days.len()
                 ));
             }
         }

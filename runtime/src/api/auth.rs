@@ -16,6 +16,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use vpp_domain::account::{Account, Need, Role};
+use vpp_domain::NodeId;
 
 use super::{AppError, AppState};
 use crate::programs::accounts_auth;
@@ -62,4 +63,95 @@ pub(crate) async fn fleet_gate(State(node): State<AppState>, req: Request, next:
     }
     parts.extensions.insert(Caller(account));
     next.run(Request::from_parts(parts, body)).await
+}
+
+/// 403 for `why`, counted like the gate's refusals.
+pub(crate) fn forbid(node: &AppState, why: String) -> AppError {
+    node.rejections.count("auth", "forbidden");
+    AppError::new(StatusCode::FORBIDDEN, "forbidden", why)
+}
+
+/// Operators only (fleet-wide writes: replacing the hierarchy, setting a
+/// device's state by hand, importing meter data).
+pub(crate) fn operator_only(node: &AppState, c: &Account, what: &str) -> Result<(), AppError> {
+    if c.role == Role::Operator {
+        Ok(())
+    } else {
+        Err(forbid(
+            node,
+            format!("{what} is for operators; {} is a {}", c.id, c.role),
+        ))
+    }
+}
+
+/// Whether `c` may act on node `id`: operators anywhere, aggregators at or
+/// under a resource they own.
+pub(crate) async fn in_scope(node: &AppState, c: &Account, id: &NodeId) -> bool {
+    if c.role == Role::Operator {
+        return true;
+    }
+    let Ok(fleet) = node.fleet().await else {
+        return false;
+    };
+    let mut cur = Some(id.clone());
+    while let Some(n) = cur {
+        if c.resources.contains(&n) {
+            return true;
+        }
+        cur = fleet.node(&n).and_then(|(_, p)| p.cloned());
+    }
+    false
+}
+
+/// [`in_scope`] or a 403 naming the node.
+pub(crate) async fn require_scope(
+    node: &AppState,
+    c: &Account,
+    id: &NodeId,
+) -> Result<(), AppError> {
+    if in_scope(node, c, id).await {
+        Ok(())
+    } else {
+        Err(forbid(
+            node,
+            format!(
+                "{id} is outside what {} owns ({})",
+                c.id,
+                c.resources
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))
+    }
+}
+
+/// Records a fleet change in the audit ledger (after it was made durable).
+/// A failure is logged, not returned: the change itself stands.
+pub(crate) async fn audit(
+    node: &AppState,
+    c: &Account,
+    action: &str,
+    subject: String,
+    detail: String,
+) {
+    let draft = vpp_domain::ledger::LedgerDraft {
+        actor: c.id.to_string(),
+        action: action.to_string(),
+        subject,
+        before: None,
+        after: None,
+        detail,
+    };
+    let store = node.store().clone();
+    match tokio::task::spawn_blocking(move || store.append_ledger(draft)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, action, "recording a fleet change in the audit ledger failed")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, action, "recording a fleet change in the audit ledger failed")
+        }
+    }
 }

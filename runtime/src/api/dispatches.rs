@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use vpp_domain::units::{kilo_to_unit, unit_to_kilo};
 use vpp_domain::{Direction, DispatchId, DispatchOrder, DispatchRecord, NodeId};
 
+use super::auth::{audit, in_scope, require_scope, Caller};
 use super::views::AllocationView;
 use super::{AppError, AppState};
 
@@ -128,6 +129,7 @@ fn order_from(req: CreateRequest, now: u64) -> Result<DispatchOrder, String> {
 /// same id and terms were accepted before).
 pub(crate) async fn create(
     State(node): State<AppState>,
+    Caller(c): Caller,
     body: Bytes,
 ) -> Result<impl IntoResponse, AppError> {
     let route = "create_dispatch";
@@ -137,6 +139,7 @@ pub(crate) async fn create(
         node.rejections.count(route, "bad_value");
         AppError::bad_request(m)
     })?;
+    require_scope(&node, &c, &order.target).await?;
     let (rec, created) = node
         .create_dispatch(order, start_given)
         .await
@@ -144,6 +147,20 @@ pub(crate) async fn create(
             node.rejections.count(route, "rejected");
         })?;
     let status = if created {
+        let o = &rec.order;
+        audit(
+            &node,
+            &c,
+            "dispatch.create",
+            format!("dispatch/{}", o.id),
+            format!(
+                "{:?} {} kW at {}",
+                o.direction,
+                o.power_w as f64 / 1000.0,
+                o.target
+            ),
+        )
+        .await;
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
@@ -160,11 +177,19 @@ pub(crate) struct ListQuery {
 /// `GET /api/v1/dispatches[?limit=N]`
 pub(crate) async fn list(
     State(node): State<AppState>,
+    Caller(c): Caller,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<RecordView>>, AppError> {
     let Query(q) = q.map_err(|e| AppError::bad_request(e.body_text()))?;
     let recs = node.dispatches(q.limit.unwrap_or(50).min(10_000))?;
-    Ok(Json(recs.iter().map(RecordView::from).collect()))
+    // Aggregators see the orders within what they own.
+    let mut out = Vec::with_capacity(recs.len());
+    for r in &recs {
+        if in_scope(&node, &c, &r.order.target).await {
+            out.push(RecordView::from(r));
+        }
+    }
+    Ok(Json(out))
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,12 +209,14 @@ fn dispatch_id(node: &AppState, route: &'static str, raw: &str) -> Result<Dispat
 /// tree, `depth` levels from the target (default 3, at most 10).
 pub(crate) async fn get_one(
     State(node): State<AppState>,
+    Caller(c): Caller,
     Path(id): Path<String>,
     q: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
     let Query(q) = q.map_err(|e| AppError::bad_request(e.body_text()))?;
     let id = dispatch_id(&node, "get_dispatch", &id)?;
     let rec = node.dispatch(&id)?;
+    require_scope(&node, &c, &rec.order.target).await?;
     let tree = match rec.status {
         vpp_domain::DispatchStatus::Cancelled => None,
         _ => node
@@ -207,10 +234,21 @@ pub(crate) async fn get_one(
 /// `POST /api/v1/dispatches/{id}/cancel`
 pub(crate) async fn cancel(
     State(node): State<AppState>,
+    Caller(c): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RecordView>, AppError> {
     let id = dispatch_id(&node, "cancel_dispatch", &id)?;
+    let target = node.dispatch(&id)?.order.target;
+    require_scope(&node, &c, &target).await?;
     let rec = node.cancel_dispatch(&id).await?;
+    audit(
+        &node,
+        &c,
+        "dispatch.cancel",
+        format!("dispatch/{id}"),
+        String::new(),
+    )
+    .await;
     Ok(Json(RecordView::from(&rec)))
 }
 

@@ -14,6 +14,7 @@ use serde_json::json;
 use vpp_domain::hierarchy_file::{parse, to_toml};
 use vpp_domain::NodeId;
 
+use super::auth::{audit, operator_only, require_scope, Caller};
 use super::{AppError, AppState};
 
 #[derive(Debug, Deserialize)]
@@ -63,9 +64,11 @@ pub(crate) async fn get_hierarchy(
 /// `PUT /api/v1/hierarchy` with a hierarchy file as the body.
 pub(crate) async fn put_hierarchy(
     State(node): State<AppState>,
+    Caller(c): Caller,
     body: Bytes,
 ) -> Result<impl IntoResponse, AppError> {
     let route = "put_hierarchy";
+    operator_only(&node, &c, "replacing the whole hierarchy")?;
     let text = text_body(route, &node, &body)?;
     let h = tokio::task::spawn_blocking(move || parse("request body", &text))
         .await
@@ -73,6 +76,14 @@ pub(crate) async fn put_hierarchy(
         .inspect_err(|_| node.rejections.count(route, "invalid_hierarchy"))?;
     let counts = (h.virtual_ders.len(), h.sites.len(), h.ders.len());
     let n = node.replace_hierarchy(h).await?;
+    audit(
+        &node,
+        &c,
+        "hierarchy.replace",
+        "hierarchy".into(),
+        format!("{n} nodes"),
+    )
+    .await;
     Ok(Json(json!({
         "nodes": n,
         "virtual_ders": counts.0,
@@ -86,6 +97,7 @@ pub(crate) async fn put_hierarchy(
 /// parents exist already or come in the same fragment.
 pub(crate) async fn add_nodes(
     State(node): State<AppState>,
+    Caller(c): Caller,
     body: Bytes,
 ) -> Result<impl IntoResponse, AppError> {
     let route = "add_nodes";
@@ -112,19 +124,57 @@ pub(crate) async fn add_nodes(
         }
     };
     let added = h.len() - before;
+    // An aggregator adds only under what it owns (or under nodes it adds).
+    let old: std::collections::HashSet<&NodeId> = current.nodes_ids().collect();
+    let new: std::collections::HashSet<&NodeId> =
+        h.nodes_ids().filter(|id| !old.contains(id)).collect();
+    let parents = h
+        .virtual_ders
+        .iter()
+        .filter(|v| new.contains(&v.id))
+        .filter_map(|v| v.parent.clone())
+        .chain(
+            h.sites
+                .iter()
+                .filter(|s| new.contains(&s.id))
+                .map(|s| s.parent.clone()),
+        );
+    for p in parents.collect::<Vec<_>>() {
+        if !new.contains(&p) {
+            require_scope(&node, &c, &p).await?;
+        }
+    }
     node.replace_hierarchy(h).await?;
+    audit(
+        &node,
+        &c,
+        "hierarchy.add",
+        "hierarchy".into(),
+        format!("{added} nodes"),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(json!({ "added": added }))))
 }
 
 /// `DELETE /api/v1/hierarchy/nodes/{id}`: the node and its subtree.
 pub(crate) async fn remove_node(
     State(node): State<AppState>,
+    Caller(c): Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, AppError> {
     let id = NodeId::new(&id).map_err(|e| {
         node.rejections.count("remove_node", "bad_id");
         AppError::bad_request(format!("node id: {e}"))
     })?;
+    require_scope(&node, &c, &id).await?;
     let removed = node.remove_subtree(&id).await?;
+    audit(
+        &node,
+        &c,
+        "hierarchy.remove",
+        format!("node/{id}"),
+        format!("{removed} nodes"),
+    )
+    .await;
     Ok(Json(json!({ "removed": removed })))
 }

@@ -270,6 +270,9 @@ pub(crate) async fn import(
     super::auth::Caller(caller): super::auth::Caller,
     body: Bytes,
 ) -> Result<Json<ImportSummary>, AppError> {
+    // Payments are computed from meter data: only the operator (neutral to
+    // utility and participant) imports it.
+    super::auth::operator_only(&node, &caller, "importing meter data")?;
     let text = match String::from_utf8(body.to_vec()) {
         Ok(s) if !s.trim().is_empty() => s,
         Ok(_) => {
@@ -321,6 +324,7 @@ pub(crate) struct SeriesView {
 /// [`MAX_POINTS`].
 pub(crate) async fn series(
     State(node): State<AppState>,
+    super::auth::Caller(caller): super::auth::Caller,
     Path(site): Path<String>,
     q: Result<Query<RangeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SeriesView>, AppError> {
@@ -329,6 +333,7 @@ pub(crate) async fn series(
         AppError::bad_request(e.body_text())
     })?;
     let site = node_id(&node, ROUTE, &site)?;
+    super::auth::require_scope(&node, &caller, &site).await?;
     let to_ms = q.to_ms.unwrap_or_else(vpp_actors::now_ms);
     let from_ms = q.from_ms.unwrap_or(to_ms.saturating_sub(DEFAULT_SPAN_MS));
     if from_ms > to_ms {

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use vpp_domain::units::kilo_to_unit_signed;
 use vpp_domain::NodeId;
 
+use super::auth::{audit, operator_only, require_scope, Caller};
 use super::views::CapacityView;
 use super::{query, AppError, AppState};
 
@@ -32,11 +33,13 @@ pub(crate) fn node_id(node: &AppState, route: &'static str, raw: &str) -> Result
 /// `GET /api/v1/nodes/{id}/capacity[?fresh=true][&children=N]`
 pub(crate) async fn capacity(
     State(node): State<AppState>,
+    Caller(c): Caller,
     Path(id): Path<String>,
     q: Result<Query<CapacityQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<CapacityView>, AppError> {
     let q = query(&node, "capacity", q)?;
     let id = node_id(&node, "capacity", &id)?;
+    require_scope(&node, &c, &id).await?;
     let v = node.capacity(&id, q.fresh).await?;
     Ok(Json(CapacityView::new(
         &v,
@@ -48,9 +51,11 @@ pub(crate) async fn capacity(
 /// `GET /api/v1/nodes/{id}`: the stored spec plus current capacity.
 pub(crate) async fn get_node(
     State(node): State<AppState>,
+    Caller(c): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AppError> {
     let id = node_id(&node, "get_node", &id)?;
+    require_scope(&node, &c, &id).await?;
     let v = node.capacity(&id, false).await?;
     let spec = v.spec.clone();
     let parent = spec.parent().map(|p| p.to_string());
@@ -79,10 +84,14 @@ pub(crate) struct StateRequest {
 /// `PUT /api/v1/nodes/{id}/state`
 pub(crate) async fn put_state(
     State(node): State<AppState>,
+    Caller(c): Caller,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
     let route = "put_state";
+    // A hand-set state feeds the envelope enrollments are checked against
+    // and the payments computed from: an operator's tool only.
+    operator_only(&node, &c, "setting a DER's state by hand")?;
     let id = node_id(&node, route, &id)?;
     let req: StateRequest = super::json_body(&node, route, "state body", &body)?;
     let bad = |node: &AppState, m: String| {
@@ -126,6 +135,14 @@ pub(crate) async fn put_state(
     node.set_der_state(&id, st.clone()).await.inspect_err(|_| {
         node.rejections.count(route, "rejected");
     })?;
+    audit(
+        &node,
+        &c,
+        "der.set_state",
+        format!("node/{id}"),
+        format!("seq {}", st.seq),
+    )
+    .await;
     Ok(Json(
         json!({ "id": id.to_string(), "seq": st.seq, "applied": true }),
     ))

@@ -360,15 +360,19 @@ pub async fn issue_token(
 pub async fn revoke_token(node: &Arc<Node>, caller: &Account, token_id: &str) -> Result<()> {
     let store = node.store();
     let _g = node.programs().lock.lock().await;
-    let mut rec: TokenRecord = store
-        .registry_get(&keys::token(token_id))?
-        .ok_or_else(|| ProgramError::NotFound(format!("no token {token_id}")))?;
-    if caller.role != Role::Operator && caller.id != rec.account {
-        return Err(ProgramError::Forbidden(format!(
-            "token {token_id} is not {}'s",
-            caller.id
-        )));
-    }
+    let rec: Option<TokenRecord> = store.registry_get(&keys::token(token_id))?;
+    // Others learn nothing of tokens that are not theirs, not even whether
+    // they exist.
+    let mut rec = match rec {
+        Some(r) if caller.role == Role::Operator || caller.id == r.account => r,
+        _ if caller.role != Role::Operator => {
+            return Err(ProgramError::Forbidden(format!(
+                "token {token_id} is not {}'s",
+                caller.id
+            )))
+        }
+        _ => return Err(ProgramError::NotFound(format!("no token {token_id}"))),
+    };
     if rec.revoked {
         return Ok(());
     }

@@ -208,12 +208,20 @@ pub fn get(node: &Node, caller: &Account, id: &str) -> Result<Program> {
     get_program(node.store(), id)
 }
 
-/// Whether `caller` may approve a critical action on `p`: an operator, or a
-/// verified utility whose jurisdiction covers the program's zones.
+/// Whether `caller` may approve a critical action on `p`: an operator, or
+/// the program's own (verified) utility within its jurisdiction. Another
+/// utility of the same zones may not: it has no stake in this program's
+/// terms, events or payments.
 pub(crate) fn may_approve(caller: &Account, p: &Program) -> Result<()> {
     caller
         .require(Need::VerifiedUtility)
         .map_err(ProgramError::Forbidden)?;
+    if caller.role == Role::Utility && caller.id != p.owner {
+        return Err(ProgramError::Forbidden(format!(
+            "program {} belongs to {}; {} may not approve its actions",
+            p.id, p.owner, caller.id
+        )));
+    }
     caller
         .covers_zones(&p.zones)
         .map_err(ProgramError::Forbidden)
@@ -227,19 +235,13 @@ pub async fn propose_terms(
     id: &str,
     req: TermsRequest,
 ) -> Result<Program> {
-    req.terms
-        .validate()
-        .map_err(|e| ProgramError::invalid(format!("terms: {e}")))?;
     let store = node.store();
     let _g = node.programs().lock.lock().await;
     let mut p = get_program(store, id)?;
     may_approve(caller, &p)?;
-    if caller.role == Role::Utility && caller.id != p.owner {
-        return Err(ProgramError::Forbidden(format!(
-            "program {id} belongs to {}",
-            p.owner
-        )));
-    }
+    req.terms
+        .validate()
+        .map_err(|e| ProgramError::invalid(format!("terms: {e}")))?;
     if p.pending_terms.is_some() {
         return Err(ProgramError::Conflict(format!(
             "program {id} already has a change of terms waiting for approval"

@@ -203,7 +203,8 @@ pub async fn enroll(node: &Arc<Node>, caller: &Account, req: EnrollRequest) -> R
     let store = node.store();
     let program = get_program(store, &req.program)
         .map_err(|_| ProgramError::invalid(format!("program: no program {}", req.program)))?;
-    let raw = resource_facts(node, &req.resource, None).await?;
+    let index = SiteIndex::load(node).await?;
+    let raw = resource_facts(node, &req.resource, Some(&index)).await?;
     let resource = raw.facts.id.clone();
     if !owns(caller, &resource, &raw.ancestors) {
         return Err(ProgramError::Forbidden(format!(
@@ -240,14 +241,31 @@ pub async fn enroll(node: &Arc<Node>, caller: &Account, req: EnrollRequest) -> R
     {
         return Err(ProgramError::Conflict(format!("enrollment {id} exists")));
     }
+    // A site counts once per program: no two active enrollments of one
+    // program may share a site (a site and the aggregate above it, say),
+    // or its reduction would be paid twice.
     let all: Vec<Enrollment> = store.registry_scan("enrollment/")?;
-    if let Some(dup) = all.iter().find(|x| {
-        x.status == EnrollmentStatus::Active && x.program == e.program && x.resource == e.resource
-    }) {
-        return Err(ProgramError::Conflict(format!(
-            "{resource} is already enrolled in {} ({})",
-            e.program, dup.id
-        )));
+    let mine: std::collections::HashSet<&NodeId> = raw.facts.sites.iter().collect();
+    for x in all
+        .iter()
+        .filter(|x| x.status == EnrollmentStatus::Active && x.program == e.program)
+    {
+        let theirs = index.sites_under(&x.resource);
+        let shared: Vec<&NodeId> = theirs.iter().filter(|s| mine.contains(s)).collect();
+        if !shared.is_empty() {
+            return Err(ProgramError::Conflict(format!(
+                "{resource} shares site(s) {} with enrollment {} ({}) in {}; a site is enrolled once per program",
+                shared
+                    .iter()
+                    .take(5)
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                x.id,
+                x.resource,
+                e.program
+            )));
+        }
     }
     commit(
         store,

@@ -199,9 +199,21 @@ fn season_use(events: &[Event], p: &Program, except: &EventId) -> SeasonUse {
     u
 }
 
-/// Whether `caller` may call or cancel events of `p`: its utility (within
-/// its jurisdiction) or an operator.
+/// Whether `caller` may call events: only verified utilities start events
+/// (an operator may cancel them, see [`may_cancel`]).
 fn may_call(caller: &Account, p: &Program, zones: &[String]) -> Result<()> {
+    if caller.role != Role::Utility {
+        return Err(ProgramError::Forbidden(format!(
+            "only the program's utility calls events; {} is a {}",
+            caller.id, caller.role
+        )));
+    }
+    may_cancel(caller, p, zones)
+}
+
+/// Whether `caller` may cancel events of `p`: its utility (within its
+/// jurisdiction) or an operator.
+fn may_cancel(caller: &Account, p: &Program, zones: &[String]) -> Result<()> {
     caller
         .require(Need::VerifiedUtility)
         .map_err(ProgramError::Forbidden)?;
@@ -223,6 +235,12 @@ fn generated_id(now: u64) -> String {
 /// Calls an event. Emergency events wait as drafts for `auth.quorum`
 /// approvers; others are notified at once unless `notify` is false.
 pub async fn create_event(node: &Arc<Node>, caller: &Account, req: EventRequest) -> Result<Event> {
+    if caller.role != Role::Utility {
+        return Err(ProgramError::Forbidden(format!(
+            "only utilities call events; {} is a {}",
+            caller.id, caller.role
+        )));
+    }
     let store = node.store();
     let program = get_program(store, &req.program)
         .map_err(|_| ProgramError::invalid(format!("program: no program {}", req.program)))?;
@@ -479,6 +497,12 @@ pub async fn confirm(
             en.id, caller.id
         )));
     }
+    if en.status != EnrollmentStatus::Active && req.answer == Answer::Confirm {
+        return Err(ProgramError::Conflict(format!(
+            "enrollment {} has left the program; it cannot confirm",
+            en.id
+        )));
+    }
     let now = now_ms();
     if e.status != EventStatus::Notified || now >= e.start_ms {
         return Err(ProgramError::Conflict(format!(
@@ -594,7 +618,7 @@ pub async fn cancel_event(node: &Arc<Node>, caller: &Account, id: &str) -> Resul
     let _g = node.programs().lock.lock().await;
     let mut e = get_event(node, id)?;
     let p = get_program(node.store(), e.program.as_str())?;
-    may_call(caller, &p, &e.zones)?;
+    may_cancel(caller, &p, &e.zones)?;
     match e.status {
         EventStatus::Cancelled => return Ok(e),
         EventStatus::Completed => {

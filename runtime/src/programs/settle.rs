@@ -380,6 +380,7 @@ pub fn list(
 
 /// A participant's performance history from its approved statements.
 pub fn metrics(node: &Node, caller: &Account, account: &str) -> Result<ParticipantMetrics> {
+    super::accounts::get_account(node.store(), account)?;
     if caller.role != Role::Operator && caller.id.as_str() != account {
         // Utilities see the metrics of participants in their programs.
         let mine: Vec<SettlementRecord> = list(node, caller, None, Some(account))?;
