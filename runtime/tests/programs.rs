@@ -824,3 +824,69 @@ fn the_notice_stream_sends_each_participant_its_own_notices() {
     assert_eq!(n["event"]["id"], "e3");
     assert_eq!(n["event"]["grid"]["frequency_hz"], 49.7);
 }
+
+#[test]
+fn a_site_counts_once_per_program_and_a_cancelled_enrollment_cannot_confirm() {
+    let s = setup("capacity", false);
+    let (node, op) = (&s.node, s.node.token.clone());
+    // north-city holds com-ams-02, already enrolled by the shop.
+    let agg = account(
+        node,
+        "agg",
+        "aggregator",
+        json!({"resources": ["north-city"]}),
+    );
+    let e = call(
+        node,
+        &agg,
+        "POST",
+        "/api/v1/enrollments",
+        Some(json!({"program": "p", "resource": "north-city", "committed_kw": 5.0})),
+        409,
+    );
+    assert!(e.to_string().contains("com-ams-02"), "{e}");
+    // res-ams-01 alone shares nothing: accepted.
+    call(
+        node,
+        &agg,
+        "POST",
+        "/api/v1/enrollments",
+        Some(json!({"program": "p", "resource": "res-ams-01", "committed_kw": 2.0})),
+        201,
+    );
+    call(
+        node,
+        &s.utility,
+        "POST",
+        "/api/v1/events",
+        Some(event("e4", 600, 60)),
+        201,
+    );
+    call(
+        node,
+        &s.shop,
+        "POST",
+        "/api/v1/enrollments/en/cancel",
+        None,
+        200,
+    );
+    let e = call(
+        node,
+        &s.shop,
+        "POST",
+        "/api/v1/events/e4/confirmations",
+        Some(json!({"enrollment": "en", "answer": "confirm"})),
+        409,
+    );
+    assert!(e.to_string().contains("left the program"), "{e}");
+    // Fleet changes are in the ledger with their actor.
+    let d = json!({"id": "d-agg", "target": "res-ams-01", "direction": "up", "power_kw": 1.0, "duration_s": 60});
+    call(node, &agg, "POST", "/api/v1/dispatches", Some(d), 202);
+    let entries = call(node, &op, "GET", "/api/v1/audit", None, 200);
+    let found = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "dispatch.create" && e["actor"] == "agg");
+    assert!(found, "{entries}");
+}
