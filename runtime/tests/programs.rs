@@ -242,7 +242,7 @@ fn the_whole_journey_from_discovery_to_approved_settlement() {
 
     // History for the baseline: the 20 days before, at the event's hours,
     // 100 kW (a CSV import, as a utility's meter data would come).
-    let start_ms = (now_ms() + 4_000) / 1000 * 1000;
+    let start_ms = (now_ms() + 6_000) / 1000 * 1000;
     let duration_s = 6u64;
     let mut csv = String::from("site,start,kw\n");
     for d in 1..=20u64 {
