@@ -27,6 +27,7 @@
 //! [`vpp_domain::ledger`].
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
 use vpp_domain::ledger::{
     ChainVerifier, Check, Digest, LedgerDraft, LedgerEntry, VerifyReport, ZERO_DIGEST,
 };
@@ -34,6 +35,7 @@ use vpp_domain::ledger::{
 use crate::codec::corrupt;
 use crate::error::StoreError;
 use crate::keys::{ledger_entry_key, ledger_entry_seq, LEDGER_END_KEY, LEDGER_HEAD_KEY};
+use crate::raft::APPLIED_KEY;
 use crate::store::{now_ms, Store, LEDGER};
 
 /// First byte of the head record.
@@ -105,17 +107,31 @@ impl Store {
     /// `Ok`, with every entry before it. Stamped with the current time.
     /// Blocks (fsync): from async code call it in `spawn_blocking`.
     pub fn append_ledger(&self, draft: LedgerDraft) -> Result<LedgerEntry, StoreError> {
-        let at_ms = now_ms();
-        let entry = self
-            .inner
-            .ledger
-            .transaction(|t| append_tx(t, draft.clone(), at_ms))
+        let entry = self.append_ledger_at(draft, now_ms(), None)?;
+        self.inner.db.flush()?;
+        Ok(entry)
+    }
+
+    /// [`Store::append_ledger`] stamped `at_ms`, writing `mark` (a replicated
+    /// command's position, `raft.rs`) in the same transaction. Not flushed.
+    pub(crate) fn append_ledger_at(
+        &self,
+        draft: LedgerDraft,
+        at_ms: u64,
+        mark: Option<&[u8]>,
+    ) -> Result<LedgerEntry, StoreError> {
+        [&self.inner.ledger, &self.inner.raft_meta]
+            .transaction(|t| {
+                let entry = append_tx(&t[0], draft.clone(), at_ms)?;
+                if let Some(m) = mark {
+                    t[1].insert(APPLIED_KEY, m)?;
+                }
+                Ok(entry)
+            })
             .map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => StoreError::Sled(e),
-            })?;
-        self.inner.db.flush()?;
-        Ok(entry)
+            })
     }
 
     /// At most `limit` entries from `from_seq` on (1 is the first), in order.

@@ -110,6 +110,7 @@ mod journal;
 mod keys;
 mod ledger;
 mod meter;
+mod raft;
 mod registry;
 mod site_ders;
 mod store;
@@ -119,6 +120,7 @@ mod write_behind;
 
 pub use error::StoreError;
 pub use meter::MAX_IMPORT_READINGS;
+pub use raft::{Applied, Command};
 pub use registry::Change;
 pub use site_ders::DerRecord;
 pub use store::{Store, StoreOptions, SCHEMA_VERSION};

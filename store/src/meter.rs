@@ -39,6 +39,7 @@ use vpp_domain::NodeId;
 use crate::codec::corrupt;
 use crate::error::StoreError;
 use crate::ledger::append_tx;
+use crate::raft::APPLIED_KEY;
 use crate::store::{now_ms, Store, METER};
 
 /// Most readings one [`Store::import_meter`] takes: a sled transaction holds
@@ -122,6 +123,20 @@ impl Store {
         readings: &[(NodeId, u64, i64)],
         draft: LedgerDraft,
     ) -> Result<LedgerEntry, StoreError> {
+        let entry = self.import_meter_at(readings, draft, now_ms(), None)?;
+        self.inner.db.flush()?;
+        Ok(entry)
+    }
+
+    /// [`Store::import_meter`] stamped `at_ms`, writing `mark` (a replicated
+    /// command's position, `raft.rs`) in the same transaction. Not flushed.
+    pub(crate) fn import_meter_at(
+        &self,
+        readings: &[(NodeId, u64, i64)],
+        draft: LedgerDraft,
+        at_ms: u64,
+        mark: Option<&[u8]>,
+    ) -> Result<LedgerEntry, StoreError> {
         if readings.len() > MAX_IMPORT_READINGS {
             return Err(StoreError::Sled(sled::Error::Unsupported(format!(
                 "a meter import takes at most {MAX_IMPORT_READINGS} readings, this one has {}; split it",
@@ -134,8 +149,7 @@ impl Store {
             .iter()
             .map(|(site, start_ms, w)| (meter_key(site, *start_ms), w.to_be_bytes()))
             .collect();
-        let at_ms = now_ms();
-        let trees = [&self.inner.meter, &self.inner.ledger];
+        let trees = [&self.inner.meter, &self.inner.ledger, &self.inner.raft_meta];
         let res = trees.transaction(|t| {
             let (meter, ledger) = (&t[0], &t[1]);
             let mut before = Sha256::new();
@@ -148,15 +162,17 @@ impl Store {
             let mut d = draft.clone();
             d.before = Some(before.finalize().into());
             d.after = Some(after.finalize().into());
-            append_tx(ledger, d, at_ms)
+            let entry = append_tx(ledger, d, at_ms)?;
+            if let Some(m) = mark {
+                t[2].insert(APPLIED_KEY, m)?;
+            }
+            Ok(entry)
         });
-        let entry = match res {
-            Ok(e) => e,
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
-        };
-        self.inner.db.flush()?;
-        Ok(entry)
+        match res {
+            Ok(e) => Ok(e),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+        }
     }
 
     /// The readings of `site` whose interval starts in `[from_ms, to_ms)`,

@@ -31,10 +31,11 @@ use vpp_domain::ledger::{LedgerDraft, LedgerEntry};
 use crate::codec::corrupt;
 use crate::error::StoreError;
 use crate::ledger::append_tx;
+use crate::raft::APPLIED_KEY;
 use crate::store::{now_ms, Store, REGISTRY};
 
 /// One write of a commit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Change {
     key: String,
     value: Option<Vec<u8>>,
@@ -104,7 +105,26 @@ impl Store {
         changes: &[Change],
         draft: LedgerDraft,
     ) -> Result<LedgerEntry, StoreError> {
-        let trees = [&self.inner.registry, &self.inner.ledger];
+        let entry = self.registry_commit_at(changes, draft, now_ms(), None)?;
+        self.inner.db.flush()?;
+        Ok(entry)
+    }
+
+    /// [`Store::registry_commit`] stamped `at_ms`, writing `mark` (a
+    /// replicated command's position, `raft.rs`) in the same transaction.
+    /// Not flushed.
+    pub(crate) fn registry_commit_at(
+        &self,
+        changes: &[Change],
+        draft: LedgerDraft,
+        at_ms: u64,
+        mark: Option<&[u8]>,
+    ) -> Result<LedgerEntry, StoreError> {
+        let trees = [
+            &self.inner.registry,
+            &self.inner.ledger,
+            &self.inner.raft_meta,
+        ];
         let res = trees.transaction(|t| {
             let (reg, ledger) = (&t[0], &t[1]);
             let mut before = Sha256::new();
@@ -125,15 +145,17 @@ impl Store {
             let mut d = draft.clone();
             d.before = Some(before.finalize().into());
             d.after = Some(after.finalize().into());
-            append_tx(ledger, d, now_ms())
+            let entry = append_tx(ledger, d, at_ms)?;
+            if let Some(m) = mark {
+                t[2].insert(APPLIED_KEY, m)?;
+            }
+            Ok(entry)
         });
-        let entry = match res {
-            Ok(e) => e,
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
-        };
-        self.inner.db.flush()?;
-        Ok(entry)
+        match res {
+            Ok(e) => Ok(e),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+        }
     }
 }
 

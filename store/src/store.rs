@@ -32,6 +32,8 @@ pub(crate) const ALLOCATIONS: &str = "allocations";
 pub(crate) const REGISTRY: &str = "registry";
 pub(crate) const LEDGER: &str = "ledger";
 pub(crate) const METER: &str = "meter";
+pub(crate) const RAFT_LOG: &str = "raft_log";
+pub(crate) const RAFT_META: &str = "raft_meta";
 
 /// How to open a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +83,10 @@ pub(crate) struct Inner {
     pub(crate) ledger: Tree,
     /// Interval meter data per site (`meter.rs`).
     pub(crate) meter: Tree,
+    /// The replicated command log of a cluster node (`raft.rs`).
+    pub(crate) raft_log: Tree,
+    /// A cluster node's vote, log bounds and last applied command (`raft.rs`).
+    pub(crate) raft_meta: Tree,
     /// Readers of the hierarchy share it; a replacement takes it alone, so a
     /// reader never scans a generation that is being swept away under it.
     pub(crate) hierarchy_lock: RwLock<()>,
@@ -142,6 +148,8 @@ impl Store {
             registry: db.open_tree(REGISTRY)?,
             ledger: db.open_tree(LEDGER)?,
             meter: db.open_tree(METER)?,
+            raft_log: db.open_tree(RAFT_LOG)?,
+            raft_meta: db.open_tree(RAFT_META)?,
             db,
             hierarchy_lock: RwLock::new(()),
         };

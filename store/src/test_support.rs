@@ -113,3 +113,15 @@ pub(crate) fn allocation(dispatch: &str, node: &str, allocated_w: u64) -> NodeAl
         resplits: 0,
     }
 }
+
+/// A ledger draft by `ops` about `thing/1`.
+pub(crate) fn draft(action: &str) -> vpp_domain::ledger::LedgerDraft {
+    vpp_domain::ledger::LedgerDraft {
+        actor: "ops".into(),
+        action: action.into(),
+        subject: "thing/1".into(),
+        before: None,
+        after: None,
+        detail: String::new(),
+    }
+}

@@ -1,18 +1,5 @@
-use vpp_domain::ledger::LedgerDraft;
-
 use super::*;
-use crate::test_support::temp_store;
-
-fn draft(action: &str) -> LedgerDraft {
-    LedgerDraft {
-        actor: "ops".into(),
-        action: action.into(),
-        subject: "thing/1".into(),
-        before: None,
-        after: None,
-        detail: String::new(),
-    }
-}
+use crate::test_support::{draft, temp_store};
 
 #[test]
 fn commit_writes_records_and_one_ledger_entry() {
