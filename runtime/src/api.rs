@@ -3,6 +3,8 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /api/v1/health` | liveness and a summary |
+//! | `GET /api/v1/health/live` · `GET /api/v1/health/ready` | probes: the process answers · it can serve (cluster: a leader is known) |
+//! | `GET /api/v1/cluster` | members, roles, log positions and lag (operator) |
 //! | `GET /api/v1/hierarchy` | the stored hierarchy (JSON; `?format=toml` for the file format) |
 //! | `PUT /api/v1/hierarchy` | replace it (TOML body, as `vpp hierarchy import`) |
 //! | `POST /api/v1/hierarchy/nodes` | add nodes (TOML fragment: `[[virtual_der]]`, `[[site]]`) |
@@ -205,6 +207,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/notices/stream", get(programs::notice_stream));
     Router::new()
         .route("/api/v1/health", get(system::health))
+        .route("/api/v1/health/live", get(system::live))
+        .route("/api/v1/health/ready", get(system::ready))
+        .route("/api/v1/cluster", get(system::cluster))
         .merge(fleet)
         .merge(programs)
         .route("/metrics", get(system::metrics))

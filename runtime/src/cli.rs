@@ -94,6 +94,20 @@ pub enum Cmd {
     Account(AccountCmd),
     /// Ask a running node whether it is up.
     Health,
+    /// The cluster as a running node sees it: members, leader, log lag.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+/// `vpp cluster …`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Members, roles, the leader, and how far each member's log is behind.
+    Status {
+        /// Print the node's JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `vpp serve`
@@ -112,7 +126,7 @@ pub struct ServeArgs {
     #[arg(long, requires = "hierarchy")]
     pub replace: bool,
     /// MQTT broker: `embedded` or `mqtt://host:port` [default: the config's mqtt.broker].
-    #[arg(long)]
+    #[arg(long, env = "VPP_BROKER")]
     pub broker: Option<BrokerChoice>,
     /// The embedded broker's MQTT listener, e.g. 0.0.0.0:1883 [default: the
     /// config's mqtt.listen, 127.0.0.1:1883].
@@ -366,7 +380,66 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Cluster(ClusterCmd::Status { json }) => {
+            let v = live(data_dir, node).get("/api/v1/cluster")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", cluster_table(&v));
+            }
+            Ok(())
+        }
     }
+}
+
+/// `vpp cluster status` as text.
+fn cluster_table(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if v["mode"] == "single" {
+        out.push_str("single node: no cluster configured ([cluster] node is empty)\n");
+        return out;
+    }
+    let s = |k: &str| match &v[k] {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(x) => x.clone(),
+        x => x.to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "node {} is {} in term {}; leader: {}; log {} applied {}",
+        s("node"),
+        s("role"),
+        s("term"),
+        s("leader"),
+        s("last_log_index"),
+        s("last_applied")
+    );
+    let _ = writeln!(
+        out,
+        "{:<16} {:>4} {:<28} {:>10} {:>8}",
+        "MEMBER", "ID", "ADDRESS", "MATCHED", "LAG"
+    );
+    for m in v["members"].as_array().into_iter().flatten() {
+        let f = |k: &str| match &m[k] {
+            serde_json::Value::Null => "-".to_string(),
+            serde_json::Value::String(x) => x.clone(),
+            x => x.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:>4} {:<28} {:>10} {:>8}",
+            f("name"),
+            f("id"),
+            f("addr"),
+            f("matched_index"),
+            f("lag")
+        );
+    }
+    if v["role"] != "leader" {
+        out.push_str("(log positions of other members are known to the leader: ask it for lag)\n");
+    }
+    out
 }
 
 fn data_dir_or_default(d: Option<PathBuf>) -> PathBuf {
@@ -379,7 +452,7 @@ fn serve(data_dir: Option<PathBuf>, a: ServeArgs) -> Result<()> {
         None => NodeConfig::default(),
     };
     let env: HashMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k == "VPP_DATA_DIR" || k == "VPP_LISTEN")
+        .filter(|(k, _)| k == "VPP_DATA_DIR" || k == "VPP_LISTEN" || k.starts_with("VPP_CLUSTER_"))
         .collect();
     cfg = cfg.with_env(&env)?;
     if let Some(d) = data_dir {

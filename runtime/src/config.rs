@@ -203,6 +203,38 @@ impl MqttConfig {
     }
 }
 
+/// `[cluster]`: empty `node` = a single node (the default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's name, one of `members` (e.g. a StatefulSet pod name).
+    pub node: String,
+    /// Every member as `name@host:port` (the cluster RPC address).
+    pub members: Vec<String>,
+    /// Where the cluster RPC listener binds.
+    pub listen: SocketAddr,
+    /// Shared secret every member presents.
+    pub cookie: String,
+    /// Leader heartbeat period, ms.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for this long (plus up to as much
+    /// again, at random) calls an election, ms.
+    pub election_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node: String::new(),
+            members: Vec::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            cookie: String::new(),
+            heartbeat_ms: 250,
+            election_timeout_ms: 1500,
+        }
+    }
+}
+
 /// The whole node configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -225,6 +257,8 @@ pub struct NodeConfig {
     pub metering: MeteringConfig,
     /// Programs, events, approvals.
     pub programs: ProgramsConfig,
+    /// Replication across nodes (`cluster.rs`).
+    pub cluster: ClusterConfig,
 }
 
 impl Default for RollupConfig {
@@ -282,6 +316,7 @@ impl Default for NodeConfig {
             mqtt: MqttConfig::default(),
             metering: MeteringConfig::default(),
             programs: ProgramsConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -316,6 +351,26 @@ impl NodeConfig {
         }
         if let Some(v) = env.get("VPP_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env.get("VPP_CLUSTER_NODE") {
+            self.cluster.node = v.clone();
+        }
+        if let Some(v) = env.get("VPP_CLUSTER_MEMBERS") {
+            self.cluster.members = v
+                .split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = env.get("VPP_CLUSTER_LISTEN") {
+            self.cluster.listen = v.parse().map_err(|e| ConfigError::Invalid {
+                key: "cluster.listen (VPP_CLUSTER_LISTEN)",
+                message: format!("{v:?} is not an address like 0.0.0.0:7070: {e}"),
+            })?;
+        }
+        if let Some(v) = env.get("VPP_CLUSTER_COOKIE") {
+            self.cluster.cookie = v.clone();
         }
         self.validate()?;
         Ok(self)
@@ -372,7 +427,37 @@ impl NodeConfig {
         if let Err(e) = crate::mqtt::check_client_id(&self.mqtt.client_id) {
             return bad("mqtt.client_id", &e.to_string());
         }
+        if !(10..=10_000).contains(&self.cluster.heartbeat_ms) {
+            return bad("cluster.heartbeat_ms", "must be between 10 and 10000");
+        }
+        if self.cluster.election_timeout_ms < 3 * self.cluster.heartbeat_ms
+            || self.cluster.election_timeout_ms > 60_000
+        {
+            return bad(
+                "cluster.election_timeout_ms",
+                "must be at least 3 heartbeats (cluster.heartbeat_ms) and at most 60000",
+            );
+        }
+        if !self.cluster.node.is_empty() {
+            if let Err(message) = crate::cluster::Members::parse(&self.cluster) {
+                return bad("cluster.members", &message);
+            }
+        }
         Ok(())
+    }
+
+    /// The node's MQTT client id. Cluster members that keep the default get
+    /// their name appended, so that members sharing a broker do not take
+    /// each other's session.
+    pub fn mqtt_client_id(&self) -> String {
+        if self.cluster.node.is_empty() || self.mqtt.client_id != MqttConfig::default().client_id {
+            return self.mqtt.client_id.clone();
+        }
+        format!(
+            "{}-{}",
+            self.mqtt.client_id,
+            self.cluster.node.replace('.', "-")
+        )
     }
 
     /// The actor-hierarchy tunables.

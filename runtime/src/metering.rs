@@ -37,8 +37,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use vpp_domain::NodeId;
-use vpp_store::Store;
+use vpp_store::Command;
 
+use crate::cluster::Writer;
 use crate::config::{MeteredSites, MeteringConfig};
 
 /// How often [`run`] closes due intervals: a quarter of the shortest
@@ -308,26 +309,19 @@ impl Metering {
 
 /// Closes the intervals due at `now_ms` and writes their readings. Returns
 /// how many were written.
-pub async fn write_due(metering: &Metering, store: &Store, now_ms: u64) -> usize {
+pub async fn write_due(metering: &Metering, writes: &Writer, now_ms: u64) -> usize {
     let readings = metering.close_due(now_ms);
     if readings.is_empty() {
         return 0;
     }
     let n = readings.len();
-    let s = store.clone();
-    let res = tokio::task::spawn_blocking(move || s.put_meter(&readings)).await;
-    match res {
-        Ok(Ok(())) => {
+    match writes.write(Command::PutMeter(readings)).await {
+        Ok(_) => {
             metering
                 .readings_written
                 .fetch_add(n as u64, Ordering::Relaxed);
             tracing::debug!(readings = n, "meter readings written");
             n
-        }
-        Ok(Err(e)) => {
-            metering.write_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(readings = n, error = %e, "writing meter readings failed; they are lost");
-            0
         }
         Err(e) => {
             metering.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -339,12 +333,12 @@ pub async fn write_due(metering: &Metering, store: &Store, now_ms: u64) -> usize
 
 /// Closes due intervals every [`CLOSE_EVERY`] on the node's clock and writes
 /// their readings, until aborted.
-pub async fn run(metering: Arc<Metering>, store: Store) {
+pub async fn run(metering: Arc<Metering>, writes: Writer) {
     let mut tick = tokio::time::interval(CLOSE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        write_due(&metering, &store, vpp_actors::now_ms()).await;
+        write_due(&metering, &writes, vpp_actors::now_ms()).await;
     }
 }
 

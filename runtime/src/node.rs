@@ -26,9 +26,10 @@ use vpp_domain::{
     FlexEnvelope, Hierarchy, HierarchyError, NodeAllocation, NodeId, NodeKind, NodeSpec,
 };
 use vpp_store::{
-    Store, StoreError, StoreOptions, WriteBehind, WriteBehindHandle, WriteBehindOptions,
+    Command, Store, StoreError, StoreOptions, WriteBehind, WriteBehindHandle, WriteBehindOptions,
 };
 
+use crate::cluster::{Cluster, WriteError, Writer};
 use crate::config::NodeConfig;
 use crate::devices::IngestStats;
 use crate::metering::Metering;
@@ -60,6 +61,19 @@ pub enum NodeError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The cluster could not take a write (no leader or quorum in time).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<WriteError> for NodeError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Store(s) => NodeError::Store(s),
+            WriteError::Refused(why) => NodeError::Invalid(why),
+            e @ WriteError::NoLeader(_) => NodeError::Unavailable(e.to_string()),
+        }
+    }
 }
 
 /// Counters of rejected input, by route and reason.
@@ -105,6 +119,10 @@ pub struct AllocationTree {
 pub struct Node {
     config: NodeConfig,
     store: Store,
+    /// Where durable writes go: this store, or the cluster (`cluster.rs`).
+    writes: Writer,
+    /// Replicated hierarchy replacements the fleet has been rebuilt for.
+    hierarchies_loaded: AtomicU64,
     /// Owns the write-behind thread; `None` once shut down.
     write_behind: std::sync::Mutex<Option<WriteBehind>>,
     writer: WriteBehindHandle,
@@ -159,11 +177,21 @@ impl Node {
             },
         )?;
         let writer = wb.handle();
+        let writes = if config.cluster.node.is_empty() {
+            Writer::Local(store.clone())
+        } else {
+            let c = Cluster::start(&config.cluster, store.clone())
+                .await
+                .map_err(|e| NodeError::Invalid(format!("joining the cluster: {e:#}")))?;
+            Writer::Cluster(c)
+        };
         let metering = Arc::new(Metering::new(&config.metering));
         let node_quorum = config.programs.quorum;
         let node = Arc::new(Node {
             config,
             store,
+            writes,
+            hierarchies_loaded: AtomicU64::new(0),
             write_behind: std::sync::Mutex::new(Some(wb)),
             writer,
             fleet: RwLock::new(None),
@@ -179,6 +207,9 @@ impl Node {
             lifecycle: std::sync::Mutex::new(None),
         });
         node.reload_fleet().await?;
+        if let Some(c) = node.writes.cluster() {
+            tokio::spawn(follow_hierarchy(Arc::downgrade(&node), c.hierarchies()));
+        }
         node.resume_splits().await?;
         node.bootstrap_accounts().await?;
         let task = tokio::spawn(crate::programs::run_lifecycle(
@@ -191,7 +222,7 @@ impl Node {
         // Last: a task started before a failed step would hold the store.
         let task = tokio::spawn(crate::metering::run(
             node.metering.clone(),
-            node.store.clone(),
+            node.writes.clone(),
         ));
         if let Ok(mut slot) = node.metering_task.lock() {
             *slot = Some(task);
@@ -207,6 +238,11 @@ impl Node {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Where durable writes go (every write a cluster replicates).
+    pub fn writes(&self) -> &Writer {
+        &self.writes
     }
 
     /// Actor counters.
@@ -241,18 +277,39 @@ impl Node {
 
     /// Makes the first operator account (and its token file) on a store
     /// that has none, and starts metering the enrolled sites.
-    async fn bootstrap_accounts(&self) -> Result<(), NodeError> {
-        let store = self.store.clone();
-        let dir = self.config.data_dir.clone();
-        let made =
-            tokio::task::spawn_blocking(move || crate::programs::bootstrap_operator(&store, &dir))
-                .await
-                .map_err(|e| NodeError::Invalid(e.to_string()))?
-                .map_err(|e| {
-                    NodeError::Invalid(format!("making the first operator account: {e}"))
-                })?;
-        if let Some(path) = made {
-            tracing::info!(file = %path.display(), "made the first operator account; its API token is in this file");
+    async fn bootstrap_accounts(self: &Arc<Self>) -> Result<(), NodeError> {
+        match self.writes.cluster() {
+            None => {
+                let made = crate::programs::bootstrap_operator(self)
+                    .await
+                    .map_err(|e| {
+                        NodeError::Invalid(format!("making the first operator account: {e}"))
+                    })?;
+                if let Some(path) = made {
+                    tracing::info!(file = %path.display(), "made the first operator account; its API token is in this file");
+                }
+            }
+            // In a cluster the first member makes it, once a leader is
+            // known and this store has caught up, so that no member makes
+            // a second one (`cluster.rs`).
+            Some(c) if c.is_first_member() => {
+                let node = Arc::downgrade(self);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    c.caught_up().await;
+                    let Some(node) = node.upgrade() else { return };
+                    match crate::programs::bootstrap_operator(&node).await {
+                        Ok(Some(path)) => {
+                            tracing::info!(file = %path.display(), "made the cluster's first operator account; its API token is in this file")
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "making the cluster's first operator account failed")
+                        }
+                    }
+                });
+            }
+            Some(_) => {}
         }
         crate::programs::enrollments::watch_enrolled_sites(self).await;
         Ok(())
@@ -301,10 +358,13 @@ impl Node {
     pub async fn replace_hierarchy(&self, h: Hierarchy) -> Result<usize, NodeError> {
         h.validate().map_err(NodeError::InvalidHierarchy)?;
         let n = h.len();
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.replace_hierarchy(&h))
-            .await
-            .map_err(|e| NodeError::Invalid(e.to_string()))??;
+        self.writes.write(Command::ReplaceHierarchy(h)).await?;
+        if let Some(c) = self.writes.cluster() {
+            // Applied here already (Cluster::write waits): rebuild for it
+            // now, so `follow_hierarchy` need not.
+            let seen = *c.hierarchies().borrow();
+            self.hierarchies_loaded.fetch_max(seen, Ordering::SeqCst);
+        }
         self.reload_fleet().await?;
         Ok(n)
     }
@@ -407,11 +467,7 @@ impl Node {
             status: DispatchStatus::Accepted,
             summary: None,
         };
-        let store = self.store.clone();
-        let r = rec.clone();
-        tokio::task::spawn_blocking(move || store.put_dispatch_durable(&r))
-            .await
-            .map_err(|e| NodeError::Invalid(e.to_string()))??;
+        self.writes.write(Command::PutDispatch(rec.clone())).await?;
         self.spawn_split(fleet, rec.order.clone());
         Ok((rec, true))
     }
@@ -466,8 +522,7 @@ impl Node {
         rec.status = DispatchStatus::Allocated;
         rec.updated_ms = vpp_actors::now_ms();
         rec.summary = Some(summary);
-        self.store.put_dispatch(&rec)?;
-        self.store.flush_async().await?;
+        self.writes.write(Command::PutDispatch(rec)).await?;
         Ok(())
     }
 
@@ -510,8 +565,7 @@ impl Node {
         }
         rec.status = DispatchStatus::Cancelled;
         rec.updated_ms = vpp_actors::now_ms();
-        self.store.put_dispatch(&rec)?;
-        self.store.flush_async().await?;
+        self.writes.write(Command::PutDispatch(rec.clone())).await?;
         if let Ok(fleet) = self.fleet().await {
             if fleet.node(&rec.order.target).is_some() {
                 fleet.cancel(&rec.order).await?;
@@ -631,11 +685,33 @@ impl Node {
         if let Some(t) = self.metering_task.lock().ok().and_then(|mut g| g.take()) {
             t.abort();
         }
-        crate::metering::write_due(&self.metering, &self.store, vpp_actors::now_ms()).await;
+        crate::metering::write_due(&self.metering, &self.writes, vpp_actors::now_ms()).await;
         let wb = self.write_behind.lock().ok().and_then(|mut g| g.take());
         if let Some(wb) = wb {
             let _ = tokio::task::spawn_blocking(move || wb.shutdown()).await;
         }
+        if let Some(c) = self.writes.cluster() {
+            c.shutdown().await;
+        }
         let _ = self.store.flush_async().await;
+    }
+}
+
+/// Rebuilds the fleet when another member replaced the hierarchy (the
+/// replacement reached this store through the replicated log).
+async fn follow_hierarchy(
+    node: std::sync::Weak<Node>,
+    mut applied: tokio::sync::watch::Receiver<u64>,
+) {
+    while applied.changed().await.is_ok() {
+        let n = *applied.borrow_and_update();
+        let Some(node) = node.upgrade() else { return };
+        if node.hierarchies_loaded.fetch_max(n, Ordering::SeqCst) >= n {
+            continue;
+        }
+        tracing::info!("hierarchy replaced through the cluster: rebuilding the fleet");
+        if let Err(e) = node.reload_fleet().await {
+            tracing::error!(error = %e, "rebuilding the fleet after a replicated hierarchy change failed");
+        }
     }
 }

@@ -35,7 +35,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, Mutex};
 use vpp_domain::account::Account;
 use vpp_domain::ledger::{LedgerDraft, LedgerEntry};
-use vpp_store::{Change, Store, StoreError};
+use vpp_store::{Change, StoreError};
 
 pub use accounts::{
     authenticate as accounts_auth, bootstrap_operator, AccountRequest, TokenIssued, TokenRequest,
@@ -121,17 +121,22 @@ impl Programs {
     }
 }
 
-/// Commits changes and their ledger entry off the async threads.
+/// Commits changes and their ledger entry (replicated in a cluster).
 pub(crate) async fn commit(
-    store: &Store,
+    node: &crate::node::Node,
     changes: Vec<Change>,
     draft: LedgerDraft,
 ) -> Result<LedgerEntry> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || store.registry_commit(&changes, draft))
+    let cmd = vpp_store::Command::RegistryCommit {
+        changes,
+        draft,
+        at_ms: now_ms(),
+    };
+    Ok(node
+        .writes()
+        .write_ledger(cmd)
         .await
-        .map_err(|e| ProgramError::Node(NodeError::Invalid(e.to_string())))?
-        .map_err(ProgramError::from)
+        .map_err(NodeError::from)?)
 }
 
 /// A ledger draft by `actor` (digests are filled in by the store).

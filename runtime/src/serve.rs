@@ -81,7 +81,7 @@ pub async fn start(config: NodeConfig, opts: &ServeOptions) -> Result<Running> {
     };
     let (publisher, events) = MqttSession::connect(
         target,
-        &config.mqtt.client_id,
+        &config.mqtt_client_id(),
         vpp_protocol::topic::runtime_filters(),
     )
     .await
@@ -108,18 +108,24 @@ pub async fn start(config: NodeConfig, opts: &ServeOptions) -> Result<Running> {
     }));
 
     if let Some(path) = &opts.hierarchy {
-        let stored = node.store().hierarchy_len()?;
-        if stored == 0 || opts.replace {
-            let p = path.clone();
-            let h =
-                tokio::task::spawn_blocking(move || vpp_domain::hierarchy_file::load(&p)).await??;
-            let n = node.replace_hierarchy(h).await?;
-            println!("imported {} ({n} nodes)", path.display());
-        } else {
-            println!(
-                "data dir already holds a hierarchy of {stored} nodes; not importing {} (use --replace)",
+        match node.writes().cluster().cloned() {
+            None => import_at_start(&node, path, opts.replace).await?,
+            // In a cluster the first member imports it, once it has caught
+            // up with the others (the import is replicated to them); the
+            // start does not wait for a quorum.
+            Some(c) if c.is_first_member() => {
+                let (node, path, replace) = (node.clone(), path.clone(), opts.replace);
+                tokio::spawn(async move {
+                    c.caught_up().await;
+                    if let Err(e) = import_at_start(&node, &path, replace).await {
+                        tracing::error!(file = %path.display(), error = %e, "importing the hierarchy at start failed");
+                    }
+                });
+            }
+            Some(_) => println!(
+                "cluster member: the first member imports {}; this one gets it through the cluster",
                 path.display()
-            );
+            ),
         }
     }
     let pump_task = tokio::spawn(pump(node.clone(), events));
@@ -141,6 +147,24 @@ pub async fn start(config: NodeConfig, opts: &ServeOptions) -> Result<Running> {
         api_task,
         pump_task,
     })
+}
+
+/// Imports `path` when the store holds no hierarchy yet (or always with
+/// `replace`).
+async fn import_at_start(node: &Arc<Node>, path: &Path, replace: bool) -> Result<()> {
+    let stored = node.store().hierarchy_len()?;
+    if stored == 0 || replace {
+        let p = path.to_path_buf();
+        let h = tokio::task::spawn_blocking(move || vpp_domain::hierarchy_file::load(&p)).await??;
+        let n = node.replace_hierarchy(h).await?;
+        println!("imported {} ({n} nodes)", path.display());
+    } else {
+        println!(
+            "data dir already holds a hierarchy of {stored} nodes; not importing {} (use --replace)",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 impl Running {

@@ -750,6 +750,9 @@ fn rows() -> Vec<Row> {
     let old_readings = "?from_ms=1699999200000&to_ms=1700000000000";
     vec![
         row("GET", "/api/v1/health").public(),
+        row("GET", "/api/v1/health/live").public(),
+        row("GET", "/api/v1/health/ready").public(),
+        row("GET", "/api/v1/cluster").allow(&[Operator], 200),
         row("GET", "/metrics").public(),
         // accounts and tokens
         row("POST", "/api/v1/accounts").allow(&[Operator], 201)

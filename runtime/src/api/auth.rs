@@ -144,14 +144,11 @@ pub(crate) async fn audit(
         after: None,
         detail,
     };
-    let store = node.store().clone();
-    match tokio::task::spawn_blocking(move || store.append_ledger(draft)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, action, "recording a fleet change in the audit ledger failed")
-        }
-        Err(e) => {
-            tracing::error!(error = %e, action, "recording a fleet change in the audit ledger failed")
-        }
+    let cmd = vpp_store::Command::AppendLedger {
+        draft,
+        at_ms: vpp_actors::now_ms(),
+    };
+    if let Err(e) = node.writes().write(cmd).await {
+        tracing::error!(error = %e, action, "recording a fleet change in the audit ledger failed")
     }
 }

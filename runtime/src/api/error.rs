@@ -166,6 +166,9 @@ impl From<NodeError> for AppError {
                 }
                 _ => AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg),
             },
+            NodeError::Unavailable(_) => {
+                AppError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg)
+            }
             NodeError::Store(s) => match s {
                 StoreError::Corrupt { .. } => {
                     AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_corrupt", msg)

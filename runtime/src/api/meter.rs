@@ -248,11 +248,16 @@ pub(crate) async fn import_csv(
         draft,
         mut summary,
     } = plan;
-    let store = node.store().clone();
-    let entry = tokio::task::spawn_blocking(move || store.import_meter(&readings, draft))
+    let cmd = vpp_store::Command::ImportMeter {
+        readings,
+        draft,
+        at_ms: vpp_actors::now_ms(),
+    };
+    let entry = node
+        .writes()
+        .write_ledger(cmd)
         .await
-        .map_err(|e| AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(NodeError::Store)?;
+        .map_err(NodeError::from)?;
     summary.ledger_seq = entry.seq;
     tracing::info!(
         readings = summary.readings,

@@ -25,6 +25,45 @@ pub(crate) async fn health(State(node): State<AppState>) -> Json<Value> {
     }))
 }
 
+/// `GET /api/v1/health/live`: the process answers (no dependency checked).
+pub(crate) async fn live() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /api/v1/health/ready`: 200 when this node can serve: always for a
+/// single node; in a cluster once a leader is known. 503 otherwise.
+pub(crate) async fn ready(State(node): State<AppState>) -> (axum::http::StatusCode, Json<Value>) {
+    use axum::http::StatusCode;
+    match node.writes().cluster() {
+        None => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Some(c) if c.ready() => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Some(c) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "not_ready",
+                "reason": "no cluster leader known yet",
+                "cluster": c.status(),
+            })),
+        ),
+    }
+}
+
+/// `GET /api/v1/cluster` (operators): members, roles, log positions, lag.
+pub(crate) async fn cluster(
+    State(node): State<AppState>,
+    super::auth::Caller(c): super::auth::Caller,
+) -> Result<Json<Value>, AppError> {
+    super::auth::operator_only(&node, &c, "the cluster view")?;
+    Ok(Json(match node.writes().cluster() {
+        None => json!({ "mode": "single" }),
+        Some(cl) => {
+            let mut v = serde_json::to_value(cl.status()).unwrap_or_default();
+            v["mode"] = json!("cluster");
+            v
+        }
+    }))
+}
+
 /// `GET /metrics` (Prometheus text format).
 pub(crate) async fn metrics(State(node): State<AppState>) -> impl IntoResponse {
     let mut out = String::new();

@@ -147,11 +147,22 @@ fn averages_round_to_the_nearest_watt() {
 #[tokio::test]
 async fn due_readings_are_written_to_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = vpp_store::Store::open(dir.path()).unwrap();
     let m = watching(&["s1"]);
     m.sample("s1", "d1", 1000, T);
-    assert_eq!(write_due(&m, &store, T + 5 * S).await, 0);
-    assert_eq!(write_due(&m, &store, T + 10 * S).await, 1);
+    assert_eq!(
+        write_due(&m, &crate::cluster::Writer::Local(store.clone()), T + 5 * S).await,
+        0
+    );
+    assert_eq!(
+        write_due(
+            &m,
+            &crate::cluster::Writer::Local(store.clone()),
+            T + 10 * S
+        )
+        .await,
+        1
+    );
     assert_eq!(m.readings_written(), 1);
     let got = store.meter_range(&id("s1"), T, T + 10 * S).unwrap();
     assert_eq!(got.into_iter().collect::<Vec<_>>(), [(T, 1000)]);

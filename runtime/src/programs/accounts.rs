@@ -86,8 +86,9 @@ fn new_token(account: &AccountId, ttl_s: Option<u64>) -> Result<(TokenRecord, St
 /// Makes the first operator account and writes its token to
 /// `<data_dir>/operator.token` (mode 0600), when the store has no operator
 /// yet. Returns the token file when it made one.
-pub fn bootstrap_operator(store: &Store, data_dir: &Path) -> Result<Option<std::path::PathBuf>> {
-    let accounts: Vec<Account> = store.registry_scan("account/")?;
+pub async fn bootstrap_operator(node: &crate::node::Node) -> Result<Option<std::path::PathBuf>> {
+    let data_dir = &node.config().data_dir;
+    let accounts: Vec<Account> = node.store().registry_scan("account/")?;
     if accounts.iter().any(|a| a.role == Role::Operator) {
         return Ok(None);
     }
@@ -106,8 +107,9 @@ pub fn bootstrap_operator(store: &Store, data_dir: &Path) -> Result<Option<std::
     let path = data_dir.join(OPERATOR_TOKEN_FILE);
     write_secret(&path, &text)
         .map_err(|e| ProgramError::invalid(format!("writing {}: {e}", path.display())))?;
-    store.registry_commit(
-        &[
+    commit(
+        node,
+        vec![
             put(keys::account(&id), &account)?,
             put(keys::token(&token.id), &token)?,
         ],
@@ -120,7 +122,8 @@ pub fn bootstrap_operator(store: &Store, data_dir: &Path) -> Result<Option<std::
                 token.id
             ),
         ),
-    )?;
+    )
+    .await?;
     Ok(Some(path))
 }
 
@@ -263,7 +266,7 @@ pub async fn create_account(
         return Err(ProgramError::Conflict(format!("account {id} exists")));
     }
     commit(
-        store,
+        node,
         vec![put(keys::account(&id), &account)?],
         draft(
             caller,
@@ -293,7 +296,7 @@ pub async fn verify_utility(node: &Arc<Node>, caller: &Account, id: &str) -> Res
     }
     a.verified = true;
     commit(
-        store,
+        node,
         vec![put(keys::account(&a.id), &a)?],
         draft(
             caller,
@@ -338,7 +341,7 @@ pub async fn issue_token(
     let account = get_account(store, id)?;
     let (rec, text) = new_token(&account.id, req.ttl_s)?;
     commit(
-        store,
+        node,
         vec![put(keys::token(&rec.id), &rec)?],
         draft(
             caller,
@@ -378,7 +381,7 @@ pub async fn revoke_token(node: &Arc<Node>, caller: &Account, token_id: &str) ->
     }
     rec.revoked = true;
     commit(
-        store,
+        node,
         vec![put(keys::token(token_id), &rec)?],
         draft(caller, "token.revoke", keys::token(token_id), String::new()),
     )

@@ -150,7 +150,7 @@ pub async fn create_program(
         return Err(ProgramError::Conflict(format!("program {id} exists")));
     }
     commit(
-        store,
+        node,
         vec![put(keys::program(&id), &p)?],
         draft(
             caller,
@@ -261,7 +261,7 @@ pub async fn propose_terms(
         "program.terms_propose"
     };
     commit(
-        store,
+        node,
         vec![put(keys::program(&p.id), &p)?],
         draft(caller, action, keys::program(&p.id), String::new()),
     )
@@ -293,7 +293,7 @@ pub async fn approve_terms(node: &Arc<Node>, caller: &Account, id: &str) -> Resu
         "program.terms_approve"
     };
     commit(
-        store,
+        node,
         vec![put(keys::program(&p.id), &p)?],
         draft(caller, action, keys::program(&p.id), String::new()),
     )

@@ -268,7 +268,7 @@ pub async fn enroll(node: &Arc<Node>, caller: &Account, req: EnrollRequest) -> R
         }
     }
     commit(
-        store,
+        node,
         vec![put(keys::enrollment(&id), &e)?],
         draft(
             caller,
@@ -339,7 +339,7 @@ pub async fn cancel(node: &Arc<Node>, caller: &Account, id: &str) -> Result<Enro
     }
     e.status = EnrollmentStatus::Cancelled;
     commit(
-        node.store(),
+        node,
         vec![put(keys::enrollment(&e.id), &e)?],
         draft(
             caller,

@@ -305,7 +305,7 @@ pub async fn create_event(node: &Arc<Node>, caller: &Account, req: EventRequest)
         action = "event.create_notify";
     }
     commit(
-        store,
+        node,
         vec![put(keys::event(&id), &e)?],
         draft(
             caller,
@@ -428,7 +428,7 @@ pub async fn approve_event(node: &Arc<Node>, caller: &Account, id: &str) -> Resu
         "event.approve"
     };
     commit(
-        node.store(),
+        node,
         vec![put(keys::event(&e.id), &e)?],
         draft(caller, action, keys::event(&e.id), String::new()),
     )
@@ -467,7 +467,7 @@ pub async fn notify_event(node: &Arc<Node>, caller: &Account, id: &str) -> Resul
     }
     fill_participants(node, &p, &mut e, now).await?;
     commit(
-        node.store(),
+        node,
         vec![put(keys::event(&e.id), &e)?],
         draft(caller, "event.notify", keys::event(&e.id), String::new()),
     )
@@ -583,7 +583,7 @@ pub async fn confirm(
         Answer::OptOut => "event.opt_out",
     };
     commit(
-        node.store(),
+        node,
         vec![put(keys::event(&e.id), &e)?],
         draft(
             caller,
@@ -629,7 +629,7 @@ pub async fn cancel_event(node: &Arc<Node>, caller: &Account, id: &str) -> Resul
     e.status = EventStatus::Cancelled;
     e.times.cancelled_ms = Some(now_ms());
     commit(
-        node.store(),
+        node,
         vec![put(keys::event(&e.id), &e)?],
         draft(caller, "event.cancel", keys::event(&e.id), String::new()),
     )
@@ -734,7 +734,7 @@ pub async fn step(node: &Arc<Node>, now: u64) -> Result<()> {
                 e.status = EventStatus::Cancelled;
                 e.times.cancelled_ms = Some(now);
                 commit(
-                    node.store(),
+                    node,
                     vec![put(keys::event(&e.id), &e)?],
                     system_draft(
                         "event.expire",
@@ -756,7 +756,7 @@ pub async fn step(node: &Arc<Node>, now: u64) -> Result<()> {
                     e.status = EventStatus::Completed;
                     e.times.completed_ms = Some(now);
                     commit(
-                        node.store(),
+                        node,
                         vec![put(keys::event(&e.id), &e)?],
                         system_draft("event.complete", keys::event(&e.id), String::new()),
                     )
@@ -785,7 +785,7 @@ async fn start(node: &Arc<Node>, id: &EventId, now: u64) -> Result<()> {
         }
     }
     commit(
-        node.store(),
+        node,
         vec![put(keys::event(&e.id), &e)?],
         system_draft(
             "event.start",

@@ -287,7 +287,7 @@ pub async fn settle_event(
         .map(|r| put(keys::settlement(&r.event, &r.enrollment), r))
         .collect::<Result<Vec<_>>>()?;
     commit(
-        node.store(),
+        node,
         changes,
         draft(
             caller,
@@ -337,7 +337,7 @@ pub async fn approve(
         return Ok(records);
     }
     commit(
-        node.store(),
+        node,
         changed,
         draft(
             caller,

@@ -1,0 +1,432 @@
+//! Several nodes as one VPP: the registry is replicated with Raft
+//! (openraft), so no acknowledged write is lost with any one node of three.
+//!
+//! ```text
+//!   API / programs / metering ──Command──► Writer::write
+//!        single node:  Store::apply(cmd) + flush ─────────────────────► ok
+//!        cluster:      leader?  ── no ──► POST leader /cluster/v1/write
+//!                        │ yes
+//!                        ▼
+//!                      raft log entry ──append──► followers (a majority
+//!                        │                        has it on disk = committed)
+//!                        ▼
+//!                      every member applies it in log order:
+//!                      Store::apply(cmd, mark) (storage.rs) ──► sled
+//!                        │
+//!                        ▼
+//!                      ok to the caller once the entry is applied on the
+//!                      node that took the request (read-your-writes there)
+//! ```
+//!
+//! What is replicated is every write of [`Command`]: the hierarchy, dispatch
+//! records, accounts, programs, enrollments, events, settlements, meter data
+//! and the audit ledger. What is not: DER state, setpoints and allocations
+//! (the live twin of the devices, rebuilt from the devices' retained
+//! desired/reported documents and fresh telemetry).
+//!
+//! Members are static: every node is given the same list (`[cluster]
+//! members`, or `VPP_CLUSTER_MEMBERS`). A member's Raft id is its position in
+//! that list sorted by name, so the order given does not matter. The member
+//! with the lowest id initialises the cluster on first start; the others
+//! wait to hear from a leader. Peers authenticate with the shared cookie.
+//!
+//! The log is never compacted yet (no snapshots): a member that comes back
+//! empty is sent the whole log. See ARCHITECTURE.md.
+
+mod network;
+mod storage;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use vpp_store::{Applied, Command, Store, StoreError};
+
+use crate::config::ClusterConfig;
+
+openraft::declare_raft_types!(
+    /// The Raft types of the registry.
+    pub TypeConfig:
+        D = Command,
+        R = Applied,
+        NodeId = u64,
+        Node = BasicNode,
+);
+
+type Raft = openraft::Raft<TypeConfig>;
+
+/// How long a write waits for a leader (an election) before giving up.
+const WRITE_PATIENCE: Duration = Duration::from_secs(15);
+
+/// Why a replicated write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// No leader could take the write in time (no quorum, or an election
+    /// that did not end).
+    #[error("the cluster has no leader that could take the write in time: {0}")]
+    NoLeader(String),
+    /// The store refused the command (same on every member).
+    #[error("{0}")]
+    Refused(String),
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The members of a cluster, parsed from the config.
+#[derive(Debug, Clone)]
+pub struct Members {
+    /// This node's id.
+    pub me: u64,
+    /// Every member by id: (name, cluster RPC address).
+    pub all: BTreeMap<u64, (String, String)>,
+}
+
+impl Members {
+    /// Parses `cluster.members` and finds `cluster.node` in it.
+    pub fn parse(c: &ClusterConfig) -> Result<Members, String> {
+        if c.cookie.is_empty() {
+            return Err(
+                "cluster.cookie (VPP_CLUSTER_COOKIE) must be set when cluster.node is".into(),
+            );
+        }
+        let mut named: Vec<(String, String)> = Vec::new();
+        for m in &c.members {
+            let Some((name, addr)) = m.split_once('@') else {
+                return Err(format!("member {m:?} is not name@host:port"));
+            };
+            let ok_name = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.');
+            if !ok_name {
+                return Err(format!(
+                    "member {m:?}: the name must be letters, digits, - _ or ."
+                ));
+            }
+            match addr.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+                _ => return Err(format!("member {m:?}: {addr:?} is not host:port")),
+            }
+            if named.iter().any(|(n, _)| n == name) {
+                return Err(format!("member name {name:?} is listed twice"));
+            }
+            named.push((name.to_string(), addr.to_string()));
+        }
+        named.sort();
+        let all: BTreeMap<u64, (String, String)> = named
+            .into_iter()
+            .zip(1u64..)
+            .map(|(m, id)| (id, m))
+            .collect();
+        let me = all
+            .iter()
+            .find(|(_, (n, _))| *n == c.node)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| {
+                format!(
+                    "this node, {:?} (cluster.node / VPP_CLUSTER_NODE), is not among the members {:?}",
+                    c.node, c.members
+                )
+            })?;
+        Ok(Members { me, all })
+    }
+
+    fn name(&self, id: u64) -> String {
+        self.all
+            .get(&id)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| format!("#{id}"))
+    }
+}
+
+/// One member as `vpp cluster status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Name.
+    pub name: String,
+    /// Raft id.
+    pub id: u64,
+    /// Cluster RPC address.
+    pub addr: String,
+    /// Last log index it is known to hold (the leader knows; others say
+    /// nothing).
+    pub matched_index: Option<u64>,
+    /// Entries it is behind the leader's log (the leader knows).
+    pub lag: Option<u64>,
+}
+
+/// What a node knows of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This node's name.
+    pub node: String,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub role: String,
+    /// Raft term.
+    pub term: u64,
+    /// The leader's name, if one is known.
+    pub leader: Option<String>,
+    /// Last index in this node's log.
+    pub last_log_index: Option<u64>,
+    /// Last index applied to this node's store.
+    pub last_applied: Option<u64>,
+    /// Milliseconds since a quorum last acknowledged the leader (leader only).
+    pub ms_since_quorum_ack: Option<u64>,
+    /// Every member.
+    pub members: Vec<MemberStatus>,
+}
+
+/// A running cluster member.
+pub struct Cluster {
+    raft: Raft,
+    members: Members,
+    client: network::Client,
+    /// Hierarchy replacements applied to this node's store so far.
+    hierarchies: watch::Receiver<u64>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Cluster {
+    /// Joins the cluster: opens the log in `store`, listens for peers on
+    /// `cfg.listen`, and (lowest id, first start) initialises it.
+    pub async fn start(cfg: &ClusterConfig, store: Store) -> anyhow::Result<Arc<Cluster>> {
+        let members = Members::parse(cfg).map_err(|m| anyhow::anyhow!("cluster.members: {m}"))?;
+        let config = openraft::Config {
+            cluster_name: "vpp".into(),
+            heartbeat_interval: cfg.heartbeat_ms,
+            election_timeout_min: cfg.election_timeout_ms,
+            election_timeout_max: cfg.election_timeout_ms * 2,
+            // No snapshots yet: the log is kept whole (module doc).
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: u64::MAX,
+            ..Default::default()
+        }
+        .validate()?;
+        let (hier_tx, hierarchies) = watch::channel(0u64);
+        let log = storage::LogStore::new(store.clone());
+        let sm = storage::StateMachine::open(store, hier_tx)?;
+        let client = network::Client::new(cfg.cookie.clone());
+        let raft = Raft::new(members.me, Arc::new(config), client.clone(), log, sm).await?;
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cluster listener on {}: {e}", cfg.listen))?;
+        let server = tokio::spawn(network::serve(listener, raft.clone(), cfg.cookie.clone()));
+        if members.me == *members.all.keys().next().expect("at least this node") {
+            let initialized = raft.is_initialized().await?;
+            if !initialized {
+                let nodes: BTreeMap<u64, BasicNode> = members
+                    .all
+                    .iter()
+                    .map(|(id, (_, addr))| (*id, BasicNode::new(addr)))
+                    .collect();
+                raft.initialize(nodes).await?;
+                tracing::info!(members = members.all.len(), "initialised the cluster");
+            }
+        }
+        tracing::info!(node = %members.name(members.me), id = members.me, listen = %cfg.listen, "cluster member up");
+        Ok(Arc::new(Cluster {
+            raft,
+            members,
+            client,
+            hierarchies,
+            server,
+        }))
+    }
+
+    /// Replicates `cmd`: through this node if it leads, else through the
+    /// leader. Returns once the command is applied on this node too.
+    pub async fn write(&self, cmd: Command) -> Result<Applied, WriteError> {
+        let give_up = tokio::time::Instant::now() + WRITE_PATIENCE;
+        let mut last = String::from("no leader elected yet");
+        loop {
+            let res = match self.raft.client_write(cmd.clone()).await {
+                Ok(resp) => Ok((resp.log_id.index, resp.data)),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    match f.leader_node {
+                        Some(node) => self.client.forward(&node.addr, &cmd).await,
+                        None => Err(last.clone()),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match res {
+                Ok((index, applied)) => {
+                    self.wait_applied(index).await?;
+                    return match applied {
+                        Applied::Refused(why) => Err(WriteError::Refused(why)),
+                        a => Ok(a),
+                    };
+                }
+                Err(e) => last = e,
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(WriteError::NoLeader(last));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_applied(&self, index: u64) -> Result<(), WriteError> {
+        self.raft
+            .wait(Some(WRITE_PATIENCE))
+            .applied_index_at_least(Some(index), "write applied here")
+            .await
+            .map(|_| ())
+            .map_err(|e| WriteError::NoLeader(format!("applying entry {index} here: {e}")))
+    }
+
+    /// True on the member with the lowest id (it initialises the cluster
+    /// and makes the first operator account).
+    pub fn is_first_member(&self) -> bool {
+        self.members.all.keys().next() == Some(&self.members.me)
+    }
+
+    /// Waits until a leader is known and this node has applied every entry
+    /// in its log that the leader has committed (checked by a replicated
+    /// barrier: a write that changes nothing).
+    pub async fn caught_up(&self) {
+        loop {
+            if self.ready() {
+                let barrier = Command::PutMeter(Vec::new());
+                match self.write(barrier).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::debug!(error = %e, "waiting for the cluster"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Hierarchy replacements applied here so far; changes on each one.
+    pub fn hierarchies(&self) -> watch::Receiver<u64> {
+        self.hierarchies.clone()
+    }
+
+    /// True when a leader is known and this node has applied what it knows
+    /// to be committed (it can serve reads).
+    pub fn ready(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader.is_some() && m.running_state.is_ok()
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let last = m.last_log_index;
+        let members = self
+            .members
+            .all
+            .iter()
+            .map(|(id, (name, addr))| {
+                let matched = if *id == self.members.me {
+                    last
+                } else {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).cloned().flatten())
+                        .map(|l| l.index)
+                };
+                let lag = match (m.state, matched, last) {
+                    (ServerState::Leader, Some(x), Some(l)) => Some(l.saturating_sub(x)),
+                    (ServerState::Leader, None, Some(l)) => Some(l + 1),
+                    _ => None,
+                };
+                MemberStatus {
+                    name: name.clone(),
+                    id: *id,
+                    addr: addr.clone(),
+                    matched_index: if m.state == ServerState::Leader || *id == self.members.me {
+                        matched
+                    } else {
+                        None
+                    },
+                    lag,
+                }
+            })
+            .collect();
+        ClusterStatus {
+            node: self.members.name(self.members.me),
+            role: role.into(),
+            term: m.current_term,
+            leader: m.current_leader.map(|l| self.members.name(l)),
+            last_log_index: last,
+            last_applied: m.last_applied.map(|l| l.index),
+            ms_since_quorum_ack: m.millis_since_quorum_ack,
+            members,
+        }
+    }
+
+    /// Stops taking part (the others elect a new leader if this one led).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "stopping raft");
+        }
+        self.server.abort();
+    }
+}
+
+/// Where durable writes go: the local store, or the cluster.
+#[derive(Clone)]
+pub enum Writer {
+    /// A single node: applied to the store and flushed.
+    Local(Store),
+    /// Replicated.
+    Cluster(Arc<Cluster>),
+}
+
+impl Writer {
+    /// Makes `cmd` durable: on `Ok` it survives a crash of this node (single
+    /// node) or of any minority of the members (cluster).
+    pub async fn write(&self, cmd: Command) -> Result<Applied, WriteError> {
+        match self {
+            Writer::Local(store) => {
+                let store = store.clone();
+                let applied = tokio::task::spawn_blocking(move || {
+                    let a = store.apply(&cmd, None)?;
+                    store.flush()?;
+                    Ok::<Applied, StoreError>(a)
+                })
+                .await
+                .map_err(|e| WriteError::Refused(format!("write task failed: {e}")))?
+                .map_err(WriteError::Store)?;
+                match applied {
+                    Applied::Refused(why) => Err(WriteError::Refused(why)),
+                    a => Ok(a),
+                }
+            }
+            Writer::Cluster(c) => c.write(cmd).await,
+        }
+    }
+
+    /// [`Writer::write`] of a command that appends to the ledger: its entry.
+    pub async fn write_ledger(&self, cmd: Command) -> Result<vpp_store::LedgerEntry, WriteError> {
+        match self.write(cmd).await? {
+            Applied::Ledger(e) => Ok(*e),
+            other => Err(WriteError::Refused(format!(
+                "expected a ledger entry, the store answered {other:?}"
+            ))),
+        }
+    }
+
+    /// The cluster, when there is one.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        match self {
+            Writer::Local(_) => None,
+            Writer::Cluster(c) => Some(c),
+        }
+    }
+}

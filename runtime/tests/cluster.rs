@@ -1,0 +1,291 @@
+//! Three `vpp serve` processes as one cluster on loopback: writes through any
+//! member reach every member; SIGKILL of the leader loses no acknowledged
+//! write; two of three stay writable; the killed member catches up when it
+//! comes back; every member ends with the same audit chain.
+//!
+//! Run: `cargo nextest run -p vpp-runtime --test cluster`
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::mosquitto::free_port;
+use common::{eventually, request_as, small_toml};
+use serde_json::{json, Value};
+
+const COOKIE: &str = "test-cookie-3f9a";
+
+struct Member {
+    name: String,
+    dir: PathBuf,
+    api_port: u16,
+    members: String,
+    listen: String,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    fn start(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vpp"))
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{}", self.api_port),
+                "--mqtt-listen",
+                "127.0.0.1:0",
+            ])
+            .env("VPP_LOG", "warn")
+            .env("VPP_CLUSTER_NODE", &self.name)
+            .env("VPP_CLUSTER_MEMBERS", &self.members)
+            .env("VPP_CLUSTER_LISTEN", &self.listen)
+            .env("VPP_CLUSTER_COOKIE", COOKIE)
+            .env_remove("VPP_NODE")
+            .env_remove("VPP_DATA_DIR")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("vpp starts");
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || for _ in BufReader::new(stdout).lines() {});
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill");
+            c.wait().expect("wait");
+        }
+    }
+
+    fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        request_as(Some(token), "GET", &format!("{}{path}", self.url()), None)
+    }
+
+    fn ready(&self) -> bool {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .into();
+        matches!(agent.get(format!("{}/api/v1/health/ready", self.url())).call(),
+            Ok(r) if r.status() == 200)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn cluster(root: &Path) -> Vec<Member> {
+    let names = ["n1", "n2", "n3"];
+    let rpc: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let members = names
+        .iter()
+        .zip(&rpc)
+        .map(|(n, p)| format!("{n}@127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    names
+        .iter()
+        .zip(&rpc)
+        .map(|(n, p)| Member {
+            name: n.to_string(),
+            dir: root.join(n),
+            api_port: free_port(),
+            members: members.clone(),
+            listen: format!("127.0.0.1:{p}"),
+            child: None,
+        })
+        .collect()
+}
+
+fn token_of(dir: &Path) -> String {
+    eventually(30, || {
+        std::fs::read_to_string(dir.join("operator.token"))
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    })
+}
+
+fn leader(m: &[Member], token: &str) -> String {
+    eventually(30, || {
+        m.iter().filter(|x| x.child.is_some()).find_map(|x| {
+            let (s, v) = x.get(token, "/api/v1/cluster");
+            (s == 200 && v["role"] == "leader").then(|| v["node"].as_str().unwrap().to_string())
+        })
+    })
+}
+
+fn make_account(m: &Member, token: &str, id: &str) {
+    let body = json!({"id": id, "name": id, "role": "participant"});
+    let (s, v) = request_as(
+        Some(token),
+        "POST",
+        &format!("{}/api/v1/accounts", m.url()),
+        Some(("application/json", body.to_string().into_bytes())),
+    );
+    assert_eq!(s, 201, "account {id} through {}: {v}", m.name);
+}
+
+fn has_account(m: &Member, token: &str, id: &str) -> bool {
+    let (s, v) = m.get(token, "/api/v1/accounts");
+    s == 200
+        && v.as_array()
+            .or_else(|| v["accounts"].as_array())
+            .is_some_and(|a| a.iter().any(|x| x["id"] == id))
+}
+
+fn ledger_head(m: &Member, token: &str) -> Value {
+    let (s, v) = m.get(token, "/api/v1/audit/verify");
+    assert_eq!(s, 200, "{}: {v}", m.name);
+    v
+}
+
+#[test]
+fn writes_through_any_member_survive_the_leader_being_killed() {
+    let root = tempfile::tempdir().unwrap();
+    let mut m = cluster(root.path());
+    for x in m.iter_mut() {
+        x.start();
+    }
+    eventually(40, || m.iter().all(Member::ready).then_some(()));
+    // The first member (by name) makes the operator account, replicated.
+    let token = token_of(&m[0].dir);
+    // The account reaches every member through the log.
+    eventually(30, || {
+        m.iter()
+            .all(|x| x.get(&token, "/api/v1/accounts/me").0 == 200)
+            .then_some(())
+    });
+
+    // A hierarchy through the third member, a dispatch through the second,
+    // an account through the first: each is everywhere afterwards.
+    let (s, v) = request_as(
+        Some(&token),
+        "PUT",
+        &format!("{}/api/v1/hierarchy", m[2].url()),
+        Some(("application/toml", small_toml().into_bytes())),
+    );
+    assert_eq!(s, 200, "hierarchy through n3: {v}");
+    let order = json!({"id": "d-cluster-1", "target": "north", "direction": "up",
+        "power_kw": 5.0, "duration_s": 600});
+    let (s, v) = request_as(
+        Some(&token),
+        "POST",
+        &format!("{}/api/v1/dispatches", m[1].url()),
+        Some(("application/json", order.to_string().into_bytes())),
+    );
+    assert_eq!(s, 202, "dispatch through n2: {v}");
+    make_account(&m[0], &token, "acct-before");
+    for x in &m {
+        eventually(20, || {
+            let (s, v) = x.get(&token, "/api/v1/hierarchy");
+            (s == 200 && v.to_string().contains("north")).then_some(())
+        });
+        eventually(20, || {
+            (x.get(&token, "/api/v1/dispatches/d-cluster-1").0 == 200).then_some(())
+        });
+        eventually(20, || has_account(x, &token, "acct-before").then_some(()));
+    }
+
+    // Kill the leader: the other two elect a new one and keep taking writes.
+    let old = leader(&m, &token);
+    let gone = m.iter().position(|x| x.name == old).unwrap();
+    m[gone].kill9();
+    let new = leader(&m, &token);
+    assert_ne!(new, old, "a survivor leads");
+    let survivor = (0..3).find(|&i| i != gone).unwrap();
+    make_account(&m[survivor], &token, "acct-during");
+    for (i, x) in m.iter().enumerate() {
+        if i == gone {
+            continue;
+        }
+        assert!(
+            has_account(x, &token, "acct-before"),
+            "{} lost a write",
+            x.name
+        );
+        eventually(20, || has_account(x, &token, "acct-during").then_some(()));
+        assert_eq!(x.get(&token, "/api/v1/dispatches/d-cluster-1").0, 200);
+    }
+
+    // The killed member comes back and catches up on what it missed.
+    m[gone].start();
+    eventually(40, || m[gone].ready().then_some(()));
+    eventually(30, || {
+        has_account(&m[gone], &token, "acct-during").then_some(())
+    });
+    assert_eq!(m[gone].get(&token, "/api/v1/dispatches/d-cluster-1").0, 200);
+
+    // Same chain everywhere, intact.
+    let heads: Vec<Value> = eventually(30, || {
+        let h: Vec<Value> = m.iter().map(|x| ledger_head(x, &token)).collect();
+        h.windows(2).all(|w| w[0] == w[1]).then_some(h)
+    });
+    assert_eq!(heads[0]["first_bad"], Value::Null, "{}", heads[0]);
+    assert!(heads[0]["entries"].as_u64().unwrap() >= 3, "{}", heads[0]);
+}
+
+#[test]
+fn a_peer_without_the_cookie_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let mut m = cluster(root.path());
+    m[0].start();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://{}/cluster/v1/write", m[0].listen);
+    let status = eventually(30, || {
+        agent
+            .post(&url)
+            .header("x-vpp-cookie", "wrong")
+            .send(&b"\x01\x02"[..])
+            .ok()
+            .map(|r| r.status().as_u16())
+    });
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn a_bad_member_list_is_refused_at_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vpp"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+        ])
+        .env("VPP_LOG", "warn")
+        .env("VPP_CLUSTER_NODE", "n9")
+        .env("VPP_CLUSTER_MEMBERS", "n1@127.0.0.1:1,n2@127.0.0.1:2")
+        .env("VPP_CLUSTER_COOKIE", COOKIE)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"n9\"") && err.contains("not among the members"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_dir(dir.path()).map_or(true, |d| d.count() == 0),
+        "nothing written on a refused start"
+    );
+}
