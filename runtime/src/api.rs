@@ -217,7 +217,32 @@ pub fn router(node: Arc<Node>) -> Router {
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(node.clone(), json_errors))
+        .layer(middleware::from_fn_with_state(node.clone(), to_leader))
         .with_state(node)
+}
+
+/// In a cluster, a follower hands every request but the probes, the cluster
+/// view and `/metrics` to the leader (`cluster/proxy.rs`), so that every
+/// member gives the same answers and one member runs the orders.
+async fn to_leader(State(node): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(c) = node.writes().cluster() else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    let local = path.starts_with("/api/v1/health")
+        || path == "/api/v1/cluster"
+        || path == "/metrics"
+        || req.headers().contains_key(crate::cluster::FORWARDED);
+    if local {
+        return next.run(req).await;
+    }
+    match c.api_target() {
+        Ok(None) => next.run(req).await,
+        Ok(Some(addr)) => c.forward_api(&addr, req).await,
+        Err(why) => {
+            AppError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why).into_response()
+        }
+    }
 }
 
 /// Rewrites any error answer that is not already the API's JSON (axum's own

@@ -34,7 +34,10 @@
 //! empty is sent the whole log. See ARCHITECTURE.md.
 
 mod network;
+mod proxy;
 mod storage;
+
+pub use proxy::FORWARDED;
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -191,6 +194,9 @@ pub struct Cluster {
     /// Hierarchy replacements applied to this node's store so far.
     hierarchies: watch::Receiver<u64>,
     server: tokio::task::JoinHandle<()>,
+    cookie: String,
+    /// The node's API router, for requests followers forward to this node.
+    api: Arc<std::sync::OnceLock<axum::Router>>,
 }
 
 impl Cluster {
@@ -217,7 +223,13 @@ impl Cluster {
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cluster listener on {}: {e}", cfg.listen))?;
-        let server = tokio::spawn(network::serve(listener, raft.clone(), cfg.cookie.clone()));
+        let api = Arc::new(std::sync::OnceLock::new());
+        let server = tokio::spawn(network::serve(
+            listener,
+            raft.clone(),
+            cfg.cookie.clone(),
+            api.clone(),
+        ));
         if members.me == *members.all.keys().next().expect("at least this node") {
             let initialized = raft.is_initialized().await?;
             if !initialized {
@@ -237,6 +249,8 @@ impl Cluster {
             client,
             hierarchies,
             server,
+            cookie: cfg.cookie.clone(),
+            api,
         }))
     }
 
@@ -280,6 +294,61 @@ impl Cluster {
             .await
             .map(|_| ())
             .map_err(|e| WriteError::NoLeader(format!("applying entry {index} here: {e}")))
+    }
+
+    /// Serves requests other members forward to this one through `api`
+    /// (set once, when the API is up).
+    pub fn set_api(&self, api: axum::Router) {
+        let _ = self.api.set(api);
+    }
+
+    /// Where API requests go: `Ok(None)` = here (this member leads),
+    /// `Ok(Some(addr))` = the leader's cluster address, `Err` = no leader known.
+    pub fn api_target(&self) -> Result<Option<String>, String> {
+        let m = self.raft.metrics().borrow().clone();
+        match m.current_leader {
+            Some(l) if l == self.members.me => Ok(None),
+            Some(l) => self
+                .members
+                .all
+                .get(&l)
+                .map(|(_, addr)| Some(addr.clone()))
+                .ok_or_else(|| format!("the leader (id {l}) is not in the member list")),
+            None => Err("no cluster leader is known yet; try again in a few seconds".into()),
+        }
+    }
+
+    /// Hands an API request to the leader at `addr` and streams its answer.
+    pub async fn forward_api(
+        &self,
+        addr: &str,
+        req: axum::extract::Request,
+    ) -> axum::response::Response {
+        proxy::forward(addr, &self.cookie, req).await
+    }
+
+    /// True while this member leads.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(self.members.me)
+    }
+
+    /// Changes of leadership, as seen here (`true` = this member leads).
+    pub fn leadership(&self) -> watch::Receiver<bool> {
+        let mut metrics = self.raft.metrics();
+        let me = self.members.me;
+        let (tx, rx) = watch::channel(metrics.borrow().current_leader == Some(me));
+        tokio::spawn(async move {
+            while metrics.changed().await.is_ok() {
+                let leads = metrics.borrow().current_leader == Some(me)
+                    && metrics.borrow().state == ServerState::Leader;
+                tx.send_if_modified(|v| std::mem::replace(v, leads) != leads);
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        rx
     }
 
     /// True on the member with the lowest id (it initialises the cluster

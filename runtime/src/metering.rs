@@ -315,6 +315,11 @@ pub async fn write_due(metering: &Metering, writes: &Writer, now_ms: u64) -> usi
         return 0;
     }
     let n = readings.len();
+    // In a cluster every member integrates the telemetry it hears; the
+    // leader alone writes the readings (they are replicated to the others).
+    if writes.cluster().is_some_and(|c| !c.is_leader()) {
+        return 0;
+    }
     match writes.write(Command::PutMeter(readings)).await {
         Ok(_) => {
             metering

@@ -123,6 +123,9 @@ pub struct Node {
     writes: Writer,
     /// Replicated hierarchy replacements the fleet has been rebuilt for.
     hierarchies_loaded: AtomicU64,
+    /// Whether this node's DER actors may publish to devices: always for a
+    /// single node; in a cluster while it leads.
+    pub devices_active: Arc<std::sync::atomic::AtomicBool>,
     /// Owns the write-behind thread; `None` once shut down.
     write_behind: std::sync::Mutex<Option<WriteBehind>>,
     writer: WriteBehindHandle,
@@ -177,6 +180,13 @@ impl Node {
             },
         )?;
         let writer = wb.handle();
+        let devices_active = Arc::new(std::sync::atomic::AtomicBool::new(
+            config.cluster.node.is_empty(),
+        ));
+        let devices: Arc<dyn DeviceLink> = Arc::new(Gated {
+            inner: devices,
+            open: devices_active.clone(),
+        });
         let writes = if config.cluster.node.is_empty() {
             Writer::Local(store.clone())
         } else {
@@ -192,6 +202,7 @@ impl Node {
             store,
             writes,
             hierarchies_loaded: AtomicU64::new(0),
+            devices_active,
             write_behind: std::sync::Mutex::new(Some(wb)),
             writer,
             fleet: RwLock::new(None),
@@ -207,10 +218,14 @@ impl Node {
             lifecycle: std::sync::Mutex::new(None),
         });
         node.reload_fleet().await?;
-        if let Some(c) = node.writes.cluster() {
-            tokio::spawn(follow_hierarchy(Arc::downgrade(&node), c.hierarchies()));
+        match node.writes.cluster() {
+            // A cluster's leader runs the orders (`lead`).
+            Some(c) => {
+                tokio::spawn(follow_hierarchy(Arc::downgrade(&node), c.hierarchies()));
+                tokio::spawn(lead(Arc::downgrade(&node), c.leadership()));
+            }
+            None => node.resume_splits(false).await?,
         }
-        node.resume_splits().await?;
         node.bootstrap_accounts().await?;
         let task = tokio::spawn(crate::programs::run_lifecycle(
             node.clone(),
@@ -537,13 +552,19 @@ impl Node {
         Ok(())
     }
 
-    async fn resume_splits(self: &Arc<Self>) -> Result<(), NodeError> {
+    /// Splits again the orders in the journal that are still in their
+    /// window: those accepted but not split (after a restart), and with
+    /// `allocated` also those split (a new cluster leader takes them over;
+    /// shares are totals, so this is idempotent).
+    async fn resume_splits(self: &Arc<Self>, allocated: bool) -> Result<(), NodeError> {
         let Ok(fleet) = self.fleet().await else {
             return Ok(());
         };
         let now = vpp_actors::now_ms();
         for rec in self.store.list_dispatches(usize::MAX)? {
-            if rec.status == DispatchStatus::Accepted && rec.order.end_ms() > now {
+            let take = rec.status == DispatchStatus::Accepted
+                || (allocated && rec.status == DispatchStatus::Allocated);
+            if take && rec.order.end_ms() > now {
                 if fleet.node(&rec.order.target).is_none() {
                     continue;
                 }
@@ -694,6 +715,43 @@ impl Node {
             c.shutdown().await;
         }
         let _ = self.store.flush_async().await;
+    }
+}
+
+/// Takes over the orders each time this member becomes the cluster's leader:
+/// devices hear from this member from now on (`Node::devices_active`), and
+/// every order still in its window is split here again.
+async fn lead(node: std::sync::Weak<Node>, mut leads: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let now_leading = *leads.borrow_and_update();
+        let Some(n) = node.upgrade() else { return };
+        n.devices_active.store(now_leading, Ordering::SeqCst);
+        if now_leading {
+            tracing::info!("this member leads the cluster: taking over the orders in their window");
+            if let Err(e) = n.resume_splits(true).await {
+                tracing::error!(error = %e, "taking over the orders failed");
+            }
+        }
+        drop(n);
+        if leads.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A device link that passes documents on only while `open` (a cluster
+/// member's DER actors stay silent unless it leads, so a follower never
+/// overwrites the leader's retained desired documents).
+struct Gated {
+    inner: Arc<dyn DeviceLink>,
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DeviceLink for Gated {
+    fn desired(&self, site: &NodeId, der: &NodeId, doc: &vpp_protocol::Desired) {
+        if self.open.load(Ordering::Relaxed) {
+            self.inner.desired(site, der, doc);
+        }
     }
 }
 

@@ -128,6 +128,9 @@ pub async fn start(config: NodeConfig, opts: &ServeOptions) -> Result<Running> {
             ),
         }
     }
+    if let Some(c) = node.writes().cluster() {
+        c.set_api(crate::api::router(node.clone()));
+    }
     let pump_task = tokio::spawn(pump(node.clone(), events));
 
     let api_url = format!("http://{api}");

@@ -200,6 +200,25 @@ fn writes_through_any_member_survive_the_leader_being_killed() {
         eventually(20, || has_account(x, &token, "acct-before").then_some(()));
     }
 
+    // Every member answers fleet reads alike (followers ask the leader).
+    let caps: Vec<Value> = m
+        .iter()
+        .map(|x| {
+            let (s, mut v) = x.get(&token, "/api/v1/nodes/north/capacity");
+            assert_eq!(s, 200, "{}: {v}", x.name);
+            v["as_of_ms"] = Value::Null; // when it was read
+            v
+        })
+        .collect();
+    assert!(caps.windows(2).all(|w| w[0] == w[1]), "{caps:#?}");
+    assert_eq!(caps[0]["committed_up_kw"], json!(5.0), "the order is held");
+    // The leader split the order.
+    let placed = |x: &Member| {
+        let (s, v) = x.get(&token, "/api/v1/dispatches/d-cluster-1");
+        (s == 200 && v["allocation"]["allocated_kw"].as_f64().unwrap_or(0.0) > 0.0).then_some(v)
+    };
+    eventually(20, || placed(&m[0]));
+
     // Kill the leader: the other two elect a new one and keep taking writes.
     let old = leader(&m, &token);
     let gone = m.iter().position(|x| x.name == old).unwrap();
@@ -218,7 +237,9 @@ fn writes_through_any_member_survive_the_leader_being_killed() {
             x.name
         );
         eventually(20, || has_account(x, &token, "acct-during").then_some(()));
-        assert_eq!(x.get(&token, "/api/v1/dispatches/d-cluster-1").0, 200);
+        // The new leader took the order over: its fleet holds the split.
+        let v = eventually(20, || placed(x));
+        assert_eq!(v["allocation"]["allocated_kw"], json!(5.0), "{v}");
     }
 
     // The killed member comes back and catches up on what it missed.

@@ -11,13 +11,14 @@
 //! A request without the right cookie gets 401 and nothing else. The cookie
 //! is compared in constant time.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{any, post};
 use axum::Router;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -35,7 +36,7 @@ use vpp_store::{Applied, Command};
 
 use super::{Raft, TypeConfig};
 
-const COOKIE_HEADER: &str = "x-vpp-cookie";
+pub(super) const COOKIE_HEADER: &str = "x-vpp-cookie";
 /// Largest RPC body (a whole hierarchy travels in one log entry).
 const MAX_BODY: usize = 1 << 30;
 
@@ -185,16 +186,24 @@ impl RaftNetwork<TypeConfig> for Peer {
 struct Srv {
     raft: Raft,
     cookie: String,
+    /// The node's API router, for requests followers forward (`proxy.rs`).
+    api: Arc<OnceLock<Router>>,
 }
 
 /// Serves the cluster RPC routes until the task is aborted.
-pub(super) async fn serve(listener: TcpListener, raft: Raft, cookie: String) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    raft: Raft,
+    cookie: String,
+    api: Arc<OnceLock<Router>>,
+) {
     let app = Router::new()
         .route("/cluster/v1/raft/append", post(append))
         .route("/cluster/v1/raft/vote", post(vote))
         .route("/cluster/v1/write", post(write))
+        .route("/cluster/v1/api/{*rest}", any(forwarded_api))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(Srv { raft, cookie });
+        .with_state(Srv { raft, cookie, api });
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "cluster listener stopped");
     }
@@ -259,4 +268,14 @@ async fn write(State(s): State<Srv>, headers: HeaderMap, body: Bytes) -> Respons
         .map(|resp| (resp.log_id.index, resp.data))
         .map_err(|e| e.to_string());
     reply(&r)
+}
+
+async fn forwarded_api(State(s): State<Srv>, req: axum::extract::Request) -> Response {
+    if !authorised(&s, req.headers()) {
+        return denied();
+    }
+    match s.api.get() {
+        Some(api) => super::proxy::serve_forwarded(api.clone(), req).await,
+        None => (StatusCode::SERVICE_UNAVAILABLE, "the API is not up yet").into_response(),
+    }
 }

@@ -846,6 +846,10 @@ pub async fn run_lifecycle(node: Arc<Node>, tick: Duration) {
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         t.tick().await;
+        // In a cluster only the leader advances events (and dispatches them).
+        if node.writes().cluster().is_some_and(|c| !c.is_leader()) {
+            continue;
+        }
         if let Err(e) = step(&node, now_ms()).await {
             tracing::warn!(error = %e, "event lifecycle step failed");
         }
