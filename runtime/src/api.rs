@@ -236,13 +236,8 @@ async fn to_leader(State(node): State<AppState>, req: Request, next: Next) -> Re
     if local {
         return next.run(req).await;
     }
-    match c.api_target() {
-        Ok(None) => next.run(req).await,
-        Ok(Some(addr)) => c.forward_api(&addr, req).await,
-        Err(why) => {
-            AppError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why).into_response()
-        }
-    }
+    let limit = (node.config().api.max_body_mb * 1024 * 1024) as usize;
+    c.route_api(req, limit, |req| next.run(req)).await
 }
 
 /// Rewrites any error answer that is not already the API's JSON (axum's own

@@ -318,13 +318,48 @@ impl Cluster {
         }
     }
 
-    /// Hands an API request to the leader at `addr` and streams its answer.
-    pub async fn forward_api(
+    /// Runs `req` where the leader is: here (`local`), or forwarded to it.
+    /// While no leader is known or the one known cannot be reached (an
+    /// election under way), waits up to [`WRITE_PATIENCE`] for the next,
+    /// then answers 503. The body is held in memory (up to `max_body`) so
+    /// that it can be sent again.
+    pub async fn route_api<F, Fut>(
         &self,
-        addr: &str,
         req: axum::extract::Request,
-    ) -> axum::response::Response {
-        proxy::forward(addr, &self.cookie, req).await
+        max_body: usize,
+        local: F,
+    ) -> axum::response::Response
+    where
+        F: FnOnce(axum::extract::Request) -> Fut,
+        Fut: std::future::Future<Output = axum::response::Response>,
+    {
+        let (parts, body) = req.into_parts();
+        let bytes = match axum::body::to_bytes(body, max_body).await {
+            Ok(b) => b,
+            Err(e) => return proxy::unavailable(format!("reading the request to forward it: {e}")),
+        };
+        let give_up = tokio::time::Instant::now() + WRITE_PATIENCE;
+        loop {
+            let why = match self.api_target() {
+                Ok(None) => {
+                    let req = axum::extract::Request::from_parts(parts, bytes.into());
+                    return local(req).await;
+                }
+                Ok(Some(addr)) => {
+                    let req =
+                        axum::extract::Request::from_parts(parts.clone(), bytes.clone().into());
+                    match proxy::forward(&addr, &self.cookie, req).await {
+                        Ok(resp) => return resp,
+                        Err(why) => why,
+                    }
+                }
+                Err(why) => why,
+            };
+            if tokio::time::Instant::now() >= give_up {
+                return proxy::unavailable(why);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// True while this member leads.

@@ -27,8 +27,13 @@ pub const FORWARDED: &str = "x-vpp-forwarded";
 pub(super) const PREFIX: &str = "/cluster/v1/api";
 
 /// Sends `req` to the leader at `addr` (its cluster port) and streams the
-/// answer back.
-pub(super) async fn forward(addr: &str, cookie: &str, mut req: Request) -> Response {
+/// answer back. `Err` when the leader could not be reached at all (the
+/// request was not sent, so it may be sent again).
+pub(super) async fn forward(
+    addr: &str,
+    cookie: &str,
+    mut req: Request,
+) -> Result<Response, String> {
     let pq = req
         .uri()
         .path_and_query()
@@ -36,7 +41,7 @@ pub(super) async fn forward(addr: &str, cookie: &str, mut req: Request) -> Respo
         .unwrap_or_else(|| "/".into());
     let uri: Uri = match format!("{PREFIX}{pq}").parse() {
         Ok(u) => u,
-        Err(e) => return unavailable(format!("cannot forward {pq}: {e}")),
+        Err(e) => return Ok(unavailable(format!("cannot forward {pq}: {e}"))),
     };
     *req.uri_mut() = uri;
     let headers = req.headers_mut();
@@ -45,29 +50,33 @@ pub(super) async fn forward(addr: &str, cookie: &str, mut req: Request) -> Respo
         Ok(v) => {
             headers.insert(super::network::COOKIE_HEADER, v);
         }
-        Err(e) => return unavailable(format!("cluster cookie is not a header value: {e}")),
+        Err(e) => {
+            return Ok(unavailable(format!(
+                "cluster cookie is not a header value: {e}"
+            )))
+        }
     }
     if let Ok(host) = HeaderValue::from_str(addr) {
         headers.insert(axum::http::header::HOST, host);
     }
     let stream = match TcpStream::connect(addr).await {
         Ok(s) => s,
-        Err(e) => return unavailable(format!("the leader at {addr} is unreachable: {e}")),
+        Err(e) => return Err(format!("the leader at {addr} is unreachable: {e}")),
     };
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
     {
         Ok(x) => x,
-        Err(e) => return unavailable(format!("the leader at {addr}: {e}")),
+        Err(e) => return Err(format!("the leader at {addr}: {e}")),
     };
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "forwarded request connection closed");
         }
     });
-    match sender.send_request(req).await {
+    Ok(match sender.send_request(req).await {
         Ok(resp) => resp.map(Body::new),
         Err(e) => unavailable(format!("the leader at {addr} did not answer: {e}")),
-    }
+    })
 }
 
 /// The API router's answer to a forwarded request (prefix removed).
@@ -97,7 +106,7 @@ pub(super) async fn serve_forwarded(api: axum::Router, req: Request) -> Response
     }
 }
 
-fn unavailable(message: String) -> Response {
+pub(super) fn unavailable(message: String) -> Response {
     let body = serde_json::json!({"error": {
         "status": 503, "code": "unavailable", "message": message,
     }});
