@@ -195,6 +195,8 @@ pub struct Cluster {
     hierarchies: watch::Receiver<u64>,
     server: tokio::task::JoinHandle<()>,
     cookie: String,
+    /// openraft's leader lease (`Cluster::drain`).
+    election_timeout_max_ms: u64,
     /// The node's API router, for requests followers forward to this node.
     api: Arc<std::sync::OnceLock<axum::Router>>,
 }
@@ -250,6 +252,7 @@ impl Cluster {
             hierarchies,
             server,
             cookie: cfg.cookie.clone(),
+            election_timeout_max_ms: cfg.election_timeout_ms * 2,
             api,
         }))
     }
@@ -472,6 +475,59 @@ impl Cluster {
             ms_since_quorum_ack: m.millis_since_quorum_ack,
             members,
         }
+    }
+
+    /// Hands leadership over before this member stops (SIGTERM): if it
+    /// leads, waits (up to 2 s) for the most up-to-date follower to hold the
+    /// whole log, asks it to stand for election, and waits until another
+    /// member leads (at most twice the longest election timeout plus 2 s). The others then need not wait out an election
+    /// timeout. Returns who leads afterwards, if known.
+    pub async fn drain(&self) -> Option<String> {
+        if !self.is_leader() {
+            return self.status().leader;
+        }
+        let pick = |m: &openraft::RaftMetrics<u64, BasicNode>| {
+            m.replication.as_ref().and_then(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != self.members.me)
+                    .max_by_key(|(_, l)| l.map(|l| l.index))
+                    .map(|(id, l)| (*id, l.map(|l| l.index)))
+            })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let target = loop {
+            let m = self.raft.metrics().borrow().clone();
+            match pick(&m) {
+                Some((id, matched)) if matched == m.last_log_index => break Some(id),
+                Some((id, _)) if tokio::time::Instant::now() >= deadline => break Some(id),
+                None => break None,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let (name, addr) = self.members.all.get(&target?).cloned()?;
+        tracing::info!(to = %name, "draining: handing leadership over");
+        // A member refuses to vote while the leader it knows holds its lease
+        // (openraft: the longest election timeout since the vote last
+        // changed), so a young leader may be refused at first: ask again
+        // until the lease has run out.
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.election_timeout_max_ms * 2 + 2_000);
+        while tokio::time::Instant::now() < deadline {
+            if let Err(e) = self.client.elect(&addr).await {
+                tracing::warn!(to = %name, error = %e, "asking for an election failed");
+            }
+            let ask_again = tokio::time::Instant::now() + Duration::from_millis(500);
+            while tokio::time::Instant::now() < ask_again {
+                let m = self.raft.metrics().borrow().clone();
+                if let Some(l) = m.current_leader.filter(|l| *l != self.members.me) {
+                    let who = self.members.name(l);
+                    tracing::info!(leader = %who, "draining: another member leads");
+                    return Some(who);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        None
     }
 
     /// Stops taking part (the others elect a new leader if this one led).

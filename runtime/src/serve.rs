@@ -171,8 +171,17 @@ async fn import_at_start(node: &Arc<Node>, path: &Path, replace: bool) -> Result
 }
 
 impl Running {
-    /// Stops serving, flushes the store, removes the discovery file.
+    /// Stops serving, flushes the store, removes the discovery file. A
+    /// cluster member that leads hands leadership over first.
     pub async fn stop(mut self) {
+        if let Some(c) = self.node.writes().cluster() {
+            match c.drain().await {
+                Some(leader) => println!("draining: {leader} leads the cluster now"),
+                None => println!(
+                    "draining: no other member took over; the others elect after their timeout"
+                ),
+            }
+        }
         if let Some(s) = self.stop_api.take() {
             let _ = s.send(());
         }

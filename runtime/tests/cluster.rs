@@ -25,6 +25,8 @@ struct Member {
     members: String,
     listen: String,
     child: Option<Child>,
+    /// What the process printed on stdout.
+    out: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Member {
@@ -55,7 +57,12 @@ impl Member {
             .spawn()
             .expect("vpp starts");
         let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || for _ in BufReader::new(stdout).lines() {});
+        let out = self.out.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                out.lock().unwrap().push(line);
+            }
+        });
         self.child = Some(child);
     }
 
@@ -106,6 +113,7 @@ fn cluster(root: &Path) -> Vec<Member> {
             members: members.clone(),
             listen: format!("127.0.0.1:{p}"),
             child: None,
+            out: Default::default(),
         })
         .collect()
 }
@@ -309,4 +317,55 @@ fn a_bad_member_list_is_refused_at_start_with_the_reason() {
         std::fs::read_dir(dir.path()).map_or(true, |d| d.count() == 0),
         "nothing written on a refused start"
     );
+}
+
+#[test]
+fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
+    let root = tempfile::tempdir().unwrap();
+    let mut m = cluster(root.path());
+    for x in m.iter_mut() {
+        x.start();
+    }
+    eventually(40, || m.iter().all(Member::ready).then_some(()));
+    let token = token_of(&m[0].dir);
+    eventually(30, || {
+        m.iter()
+            .all(|x| x.get(&token, "/api/v1/accounts/me").0 == 200)
+            .then_some(())
+    });
+    make_account(&m[1], &token, "acct-before-drain");
+    let old = leader(&m, &token);
+    let i = m.iter().position(|x| x.name == old).unwrap();
+    let mut child = m[i].child.take().unwrap();
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "a drained node exits cleanly: {status:?}");
+    // Asked once, right after the exit: leadership moved before it, so a
+    // survivor leads already (no election timeout to wait out).
+    let leads: Vec<String> = m
+        .iter()
+        .filter(|x| x.name != old)
+        .filter_map(|x| {
+            let (s, v) = x.get(&token, "/api/v1/cluster");
+            (s == 200 && v["role"] == "leader").then(|| x.name.clone())
+        })
+        .collect();
+    let printed = m[i].out.lock().unwrap().join("\n");
+    assert_eq!(
+        leads.len(),
+        1,
+        "one survivor leads at once: {leads:?}; it printed:\n{printed}"
+    );
+    assert!(
+        printed.contains(&format!("draining: {} leads the cluster now", leads[0])),
+        "{printed}"
+    );
+    // And nothing was lost: the survivors take writes and hold the old ones.
+    let j = m.iter().position(|x| x.name == leads[0]).unwrap();
+    make_account(&m[j], &token, "acct-after-drain");
+    assert!(has_account(&m[j], &token, "acct-before-drain"));
 }

@@ -7,6 +7,7 @@
 //! | `POST /cluster/v1/raft/append` | AppendEntriesRequest → Result<AppendEntriesResponse, RaftError> |
 //! | `POST /cluster/v1/raft/vote`   | VoteRequest → Result<VoteResponse, RaftError>   |
 //! | `POST /cluster/v1/write`       | Command → Result<(log index, Applied), String>  |
+//! | `POST /cluster/v1/elect`       | () → Result<(), String>: stand for election now (a draining leader hands over) |
 //!
 //! A request without the right cookie gets 401 and nothing else. The cookie
 //! is compared in constant time.
@@ -96,6 +97,14 @@ impl Client {
         })
         .await
         .map_err(|e| format!("rpc task: {e}"))?
+    }
+
+    /// Asks the member at `addr` to stand for election now.
+    pub(super) async fn elect(&self, addr: &str) -> Result<(), String> {
+        let r: Result<(), String> = self
+            .call(addr, "/cluster/v1/elect", &(), Duration::from_secs(5))
+            .await?;
+        r
     }
 
     /// Asks the leader at `addr` to replicate `cmd`.
@@ -201,6 +210,7 @@ pub(super) async fn serve(
         .route("/cluster/v1/raft/append", post(append))
         .route("/cluster/v1/raft/vote", post(vote))
         .route("/cluster/v1/write", post(write))
+        .route("/cluster/v1/elect", post(elect))
         .route("/cluster/v1/api/{*rest}", any(forwarded_api))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(Srv { raft, cookie, api });
@@ -278,4 +288,12 @@ async fn forwarded_api(State(s): State<Srv>, req: axum::extract::Request) -> Res
         Some(api) => super::proxy::serve_forwarded(api.clone(), req).await,
         None => (StatusCode::SERVICE_UNAVAILABLE, "the API is not up yet").into_response(),
     }
+}
+
+async fn elect(State(s): State<Srv>, headers: HeaderMap) -> Response {
+    if !authorised(&s, &headers) {
+        return denied();
+    }
+    let r: Result<(), String> = s.raft.trigger().elect().await.map_err(|e| e.to_string());
+    reply(&r)
 }
