@@ -512,6 +512,19 @@ fn live(data_dir: Option<PathBuf>, node: Option<String>) -> Client {
     )
 }
 
+/// Offline writes to a cluster member's data dir would make it differ from
+/// the other members: they go through a running node instead.
+pub(crate) fn refuse_cluster_store(s: &Store) -> Result<()> {
+    if s.is_cluster_member()? {
+        bail!(
+            "{} belongs to a cluster member: writing to it directly would make it differ from \
+             the others; start the node and write through it (--node URL), or through any other member",
+            s.dir().display()
+        );
+    }
+    Ok(())
+}
+
 enum Target {
     Api(Client),
     Store(Store),
@@ -596,6 +609,7 @@ fn hierarchy(data_dir: Option<PathBuf>, node: Option<String>, cmd: HierarchyCmd)
                     println!("imported {} into the node at {}", file.display(), c.base());
                 }
                 Target::Store(s) => {
+                    refuse_cluster_store(&s)?;
                     s.replace_hierarchy(&h)?;
                     println!("imported {} into {}", file.display(), s.dir().display());
                 }

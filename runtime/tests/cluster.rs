@@ -258,6 +258,28 @@ fn writes_through_any_member_survive_the_leader_being_killed() {
     });
     assert_eq!(m[gone].get(&token, "/api/v1/dispatches/d-cluster-1").0, 200);
 
+    // A stopped member's data dir refuses offline writes (they would make it
+    // differ from the others), and changes nothing.
+    m[gone].kill9();
+    let before = std::fs::read_dir(&m[gone].dir).unwrap().count();
+    let out = Command::new(env!("CARGO_BIN_EXE_vpp"))
+        .arg("--data-dir")
+        .arg(&m[gone].dir)
+        .args(["hierarchy", "import"])
+        .arg(common::repo().join("examples/small.toml"))
+        .env("VPP_LOG", "warn")
+        .env_remove("VPP_NODE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("belongs to a cluster member"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&m[gone].dir).unwrap().count(), before);
+    m[gone].start();
+    eventually(40, || m[gone].ready().then_some(()));
+
     // Same chain everywhere, intact.
     let heads: Vec<Value> = eventually(30, || {
         let h: Vec<Value> = m.iter().map(|x| ledger_head(x, &token)).collect();

@@ -150,6 +150,13 @@ impl Store {
         Ok(())
     }
 
+    /// True when this data dir belongs to a cluster member (it holds a Raft
+    /// vote or log): writing to it directly would make it differ from the
+    /// other members, so offline writers refuse.
+    pub fn is_cluster_member(&self) -> Result<bool, StoreError> {
+        Ok(self.inner.raft_meta.get(b"vote")?.is_some() || !self.inner.raft_log.is_empty())
+    }
+
     /// The mark of the last applied command, if any.
     pub fn applied_mark(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.inner.raft_meta.get(APPLIED_KEY)?.map(|v| v.to_vec()))

@@ -90,6 +90,7 @@ pub(super) fn run(data_dir: Option<PathBuf>, node: Option<String>, cmd: MeterCmd
                     s
                 }
                 Target::Store(store) => {
+                    super::refuse_cluster_store(&store)?;
                     let s = import_on_store(&store, &file, &text, config.as_deref())?;
                     println!("imported {} into {}", file.display(), store.dir().display());
                     s
