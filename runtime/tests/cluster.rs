@@ -161,10 +161,10 @@ fn ledger_head(m: &Member, token: &str) -> Value {
     v
 }
 
-#[test]
-fn writes_through_any_member_survive_the_leader_being_killed() {
-    let root = tempfile::tempdir().unwrap();
-    let mut m = cluster(root.path());
+/// Three members started and ready, and the first operator's token once
+/// every member knows it.
+fn up(root: &Path) -> (Vec<Member>, String) {
+    let mut m = cluster(root);
     for x in m.iter_mut() {
         x.start();
     }
@@ -177,6 +177,13 @@ fn writes_through_any_member_survive_the_leader_being_killed() {
             .all(|x| x.get(&token, "/api/v1/accounts/me").0 == 200)
             .then_some(())
     });
+    (m, token)
+}
+
+#[test]
+fn writes_through_any_member_survive_the_leader_being_killed() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut m, token) = up(root.path());
 
     // A hierarchy through the third member, a dispatch through the second,
     // an account through the first: each is everywhere afterwards.
@@ -344,17 +351,7 @@ fn a_bad_member_list_is_refused_at_start_with_the_reason() {
 #[test]
 fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
     let root = tempfile::tempdir().unwrap();
-    let mut m = cluster(root.path());
-    for x in m.iter_mut() {
-        x.start();
-    }
-    eventually(40, || m.iter().all(Member::ready).then_some(()));
-    let token = token_of(&m[0].dir);
-    eventually(30, || {
-        m.iter()
-            .all(|x| x.get(&token, "/api/v1/accounts/me").0 == 200)
-            .then_some(())
-    });
+    let (mut m, token) = up(root.path());
     make_account(&m[1], &token, "acct-before-drain");
     let old = leader(&m, &token);
     let i = m.iter().position(|x| x.name == old).unwrap();
