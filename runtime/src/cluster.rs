@@ -339,7 +339,8 @@ impl Cluster {
         let (parts, body) = req.into_parts();
         let bytes = match axum::body::to_bytes(body, max_body).await {
             Ok(b) => b,
-            Err(e) => return proxy::unavailable(format!("reading the request to forward it: {e}")),
+            // Over the limit (or cut off): 413 before anything is forwarded.
+            Err(e) => return proxy::too_large(max_body, e),
         };
         let give_up = tokio::time::Instant::now() + WRITE_PATIENCE;
         loop {

@@ -112,3 +112,12 @@ pub(super) fn unavailable(message: String) -> Response {
     }});
     (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
+
+/// 413 for a body that could not be read within `limit` bytes.
+pub(super) fn too_large(limit: usize, e: axum::Error) -> Response {
+    let body = serde_json::json!({"error": {
+        "status": 413, "code": "body_too_large",
+        "message": format!("request body not read within {} MiB (api.max_body_mb): {e}", limit / (1024 * 1024)),
+    }});
+    (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response()
+}
