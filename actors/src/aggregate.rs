@@ -53,6 +53,7 @@ use crate::messages::{
 };
 use crate::metrics::Metrics;
 use crate::now_ms;
+use crate::remote::{call_until, RemoteCall, RemoteCast, RemoteReply};
 
 /// The actor of a site: its children are DER actors.
 pub(crate) struct SiteActor;
@@ -63,7 +64,25 @@ pub(crate) struct VirtualDerActor;
 /// One child as the builder describes it.
 pub(crate) struct ChildSpec {
     pub(crate) id: NodeId,
+    pub(crate) kind: NodeKind,
     pub(crate) env: FlexEnvelope,
+    /// Runs on another cluster member (reached through `RemoteLink`).
+    pub(crate) remote: bool,
+}
+
+/// Where an aggregate reports to.
+pub(crate) enum Parent {
+    /// An actor on this member, and this node's index among its children.
+    Local(ActorRef<AggregateMsg>, u32),
+    /// A virtual DER on another member, and this node's index there.
+    Remote(NodeId, u32),
+}
+
+/// How to reach one child.
+pub(crate) enum Target {
+    Local(ActorRef<AggregateMsg>),
+    Remote(NodeId, NodeKind),
+    Down,
 }
 
 pub(crate) struct AggregateArgs {
@@ -71,7 +90,7 @@ pub(crate) struct AggregateArgs {
     pub(crate) kind: NodeKind,
     pub(crate) spec: NodeSpec,
     pub(crate) strategy: Strategy,
-    pub(crate) parent: Option<(ActorRef<AggregateMsg>, u32)>,
+    pub(crate) parent: Option<Parent>,
     pub(crate) children: Vec<ChildSpec>,
     /// The DER actors a site hosts, in the order of `children` (empty for
     /// virtual DERs).
@@ -83,6 +102,9 @@ pub(crate) struct AggregateArgs {
 
 pub(crate) struct Child {
     pub(crate) id: NodeId,
+    pub(crate) kind: NodeKind,
+    /// Runs on another cluster member.
+    pub(crate) remote: bool,
     /// The child's actor (virtual DERs' children; `None` for hosted DERs and
     /// for a child actor that is down).
     pub(crate) actor: Option<ActorRef<AggregateMsg>>,
@@ -110,7 +132,7 @@ pub(crate) struct Aggregate {
     kind: NodeKind,
     spec: NodeSpec,
     pub(crate) strategy: Strategy,
-    parent: Option<(ActorRef<AggregateMsg>, u32)>,
+    pub(crate) parent: Option<Parent>,
     pub(crate) children: Vec<Child>,
     /// Hosted DER actors (sites only), index = child index.
     pub(crate) ders: Vec<DerActor>,
@@ -136,6 +158,8 @@ fn start(a: AggregateArgs) -> Aggregate {
         .into_iter()
         .map(|c| Child {
             id: c.id,
+            kind: c.kind,
+            remote: c.remote,
             actor: None,
             env: c.env,
             last_dispatched_ms: None,
@@ -206,6 +230,15 @@ macro_rules! aggregate_actor {
             ) -> Result<Aggregate, ActorProcessingErr> {
                 let mut agg = start(a);
                 agg.arm_sweep(&myself);
+                if matches!(agg.parent, Some(Parent::Remote(..))) {
+                    // Tell the parent on the other member what this node
+                    // holds now, and again every interval (repairs a lost
+                    // report; see `remote.rs`).
+                    agg.report_up();
+                    myself.send_after(agg.ctx.config.remote_report_interval, || {
+                        AggregateMsg::Resend
+                    });
+                }
                 Ok(agg)
             }
 
@@ -287,11 +320,17 @@ impl Aggregate {
             }
             AggregateMsg::Attach(refs) => {
                 for (i, r) in refs.into_iter().enumerate() {
-                    if let Some(c) = self.children.get_mut(i) {
+                    if let (Some(c), Some(r)) = (self.children.get_mut(i), r) {
                         self.by_actor.insert(r.get_id(), i);
                         c.actor = Some(r);
                     }
                 }
+            }
+            AggregateMsg::Resend => {
+                self.report_up();
+                myself.send_after(self.ctx.config.remote_report_interval, || {
+                    AggregateMsg::Resend
+                });
             }
             AggregateMsg::DerState(idx, state, reply) => {
                 let r = self.der_state(&myself, idx as usize, state, None);
@@ -418,13 +457,70 @@ impl Aggregate {
             return;
         }
         self.reported = self.sum.clone();
-        if let Some((parent, idx)) = &self.parent {
+        if self.parent.is_some() {
             Metrics::inc(&self.ctx.metrics.reports_sent);
-            let _ = parent.cast(AggregateMsg::ChildReport {
-                idx: *idx,
-                env: Box::new(self.sum.clone()),
-            });
+            self.report_up();
         }
+    }
+
+    /// Sends the parent the last reported envelope.
+    fn report_up(&self) {
+        match &self.parent {
+            Some(Parent::Local(parent, idx)) => {
+                let _ = parent.cast(AggregateMsg::ChildReport {
+                    idx: *idx,
+                    env: Box::new(self.reported.clone()),
+                });
+            }
+            Some(Parent::Remote(parent, idx)) => {
+                if let Some(link) = &self.ctx.remote {
+                    link.cast(
+                        NodeKind::VirtualDer,
+                        RemoteCast::ChildReport {
+                            to: parent.clone(),
+                            idx: *idx,
+                            env: Box::new(self.reported.clone()),
+                        },
+                    );
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// How to reach child `i`.
+    pub(crate) fn target(&self, i: usize) -> Target {
+        let c = &self.children[i];
+        match (&c.actor, c.remote) {
+            (Some(a), _) => Target::Local(a.clone()),
+            (None, true) if self.ctx.remote.is_some() => Target::Remote(c.id.clone(), c.kind),
+            _ => Target::Down,
+        }
+    }
+
+    /// Calls child `i` (an aggregate, local or on another member): `local`
+    /// builds the message for an actor here, `remote` is the same request
+    /// for another member, `unwrap` takes the answer out of its reply.
+    pub(crate) fn call_child<T: Send + 'static>(
+        &self,
+        i: usize,
+        local: impl FnOnce(ractor::RpcReplyPort<T>) -> AggregateMsg + Send + 'static,
+        remote: RemoteCall,
+        unwrap: fn(RemoteReply) -> Option<T>,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'static, Result<T, String>> {
+        let target = self.target(i);
+        let link = self.ctx.remote.clone();
+        Box::pin(async move {
+            match (target, link) {
+                (Target::Local(a), _) => settle(a.call(local, Some(timeout)).await),
+                (Target::Remote(id, kind), Some(link)) => {
+                    let r = call_until(&*link, (&id, kind), remote, timeout).await?;
+                    unwrap(r).ok_or_else(|| format!("{id} answered something else"))
+                }
+                _ => Err("child actor is down".to_string()),
+            }
+        })
     }
 
     /// Pulls a fresh envelope from every child now (bypassing coalescing), so
@@ -439,14 +535,19 @@ impl Aggregate {
             return;
         }
         let timeout = self.ctx.config.dispatch_timeout;
-        let asks = self.children.iter().map(|c| {
-            let actor = c.actor.clone();
-            async move {
-                match actor {
-                    Some(a) => settle(a.call(AggregateMsg::Refresh, Some(timeout)).await),
-                    None => Err("child actor is down".to_string()),
-                }
-            }
+        let asks = (0..self.children.len()).map(|i| {
+            self.call_child(
+                i,
+                AggregateMsg::Refresh,
+                RemoteCall::Refresh {
+                    to: self.children[i].id.clone(),
+                },
+                |r| match r {
+                    RemoteReply::Envelope(e) => Some(*e),
+                    _ => None,
+                },
+                timeout,
+            )
         });
         let results = futures::future::join_all(asks).await;
         for (c, r) in self.children.iter_mut().zip(results) {

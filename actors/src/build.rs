@@ -21,13 +21,14 @@ use vpp_domain::{
     NodeKind, NodeSpec, Setpoint, SiteSpec, Topology, VirtualDerSpec,
 };
 
-use crate::aggregate::{AggregateArgs, ChildSpec, SiteActor, VirtualDerActor};
+use crate::aggregate::{AggregateArgs, ChildSpec, Parent, SiteActor, VirtualDerActor};
 use crate::config::FleetConfig;
 use crate::der::{restored_envelope, DerActor};
 use crate::devices::DeviceLink;
 use crate::journal::Journal;
 use crate::messages::AggregateMsg;
 use crate::metrics::Metrics;
+use crate::remote::RemoteLink;
 
 /// What every actor of one fleet shares.
 pub(crate) struct FleetCtx {
@@ -36,6 +37,8 @@ pub(crate) struct FleetCtx {
     pub(crate) journal: Arc<dyn Journal>,
     pub(crate) devices: Arc<dyn DeviceLink>,
     pub(crate) store: Option<vpp_store::Store>,
+    /// Nodes on other cluster members (`None`: every node runs here).
+    pub(crate) remote: Option<Arc<dyn RemoteLink>>,
     /// When the fleet started, Unix ms (the floor of desired versions).
     pub(crate) started_ms: u64,
     shutting_down: AtomicBool,
@@ -48,6 +51,7 @@ impl FleetCtx {
         journal: Arc<dyn Journal>,
         devices: Arc<dyn DeviceLink>,
         store: Option<vpp_store::Store>,
+        remote: Option<Arc<dyn RemoteLink>>,
     ) -> Self {
         Self {
             config,
@@ -55,6 +59,7 @@ impl FleetCtx {
             journal,
             devices,
             store,
+            remote,
             started_ms: crate::now_ms(),
             shutting_down: AtomicBool::new(false),
         }
@@ -157,14 +162,16 @@ pub(crate) struct Built {
 }
 
 /// One node of a live fleet: its actor, or for a DER the site actor hosting
-/// it and its index there.
+/// it and its index there. `actor` is `None` for a node that runs on
+/// another cluster member.
 #[derive(Clone)]
 pub(crate) struct NodeHandle {
     pub(crate) kind: NodeKind,
     pub(crate) parent: Option<NodeId>,
-    pub(crate) actor: ActorRef<AggregateMsg>,
+    pub(crate) actor: Option<ActorRef<AggregateMsg>>,
     pub(crate) der_idx: Option<u32>,
-    /// For DERs and sites: the site's number in `Built::sites`.
+    /// For DERs and sites here: the site's number in `Built::sites`
+    /// (`u32::MAX` elsewhere).
     pub(crate) site_no: u32,
 }
 
@@ -303,10 +310,28 @@ pub(crate) async fn build(
     let mut sites: Vec<ActorRef<AggregateMsg>> = Vec::new();
     let mut done = 0usize;
     let chunks = ctx.config.spawn_parallelism.max(1);
+    // Which aggregates run on this member (all of them without a cluster).
+    let local: Vec<bool> = slots
+        .iter()
+        .map(|s| match (&s.spec, &ctx.remote) {
+            (Spec::Der(_), _) => false,
+            (_, None) => true,
+            (Spec::Site(_), Some(r)) => r.is_local(&s.id, NodeKind::Site),
+            (Spec::Virtual(_), Some(r)) => r.is_local(&s.id, NodeKind::VirtualDer),
+        })
+        .collect();
+    let kind_of = |i: usize| match &slots[i].spec {
+        Spec::Site(_) => NodeKind::Site,
+        Spec::Virtual(_) => NodeKind::VirtualDer,
+        Spec::Der(_) => NodeKind::Der,
+    };
     for &(a, b) in &bounds {
         let mut items: Vec<(usize, Item, ActorCell)> = Vec::with_capacity(b - a);
         for idx in a..b {
             let s = &slots[idx];
+            if !local[idx] {
+                continue;
+            }
             let (spec, strategy, is_site) = match &s.spec {
                 Spec::Der(_) => continue,
                 Spec::Site(site) => (NodeSpec::Site(site.clone()), site.strategy, true),
@@ -316,15 +341,20 @@ pub(crate) async fn build(
                 None
             } else {
                 let p = s.parent as usize;
-                let parent_ref = refs[p]
-                    .clone()
-                    .ok_or_else(|| format!("parent of {} did not start", s.id))?;
-                Some((parent_ref, (idx - slots[p].first_child as usize) as u32))
+                let my_idx = (idx - slots[p].first_child as usize) as u32;
+                if local[p] {
+                    let parent_ref = refs[p]
+                        .clone()
+                        .ok_or_else(|| format!("parent of {} did not start", s.id))?;
+                    Some(Parent::Local(parent_ref, my_idx))
+                } else {
+                    Some(Parent::Remote(slots[p].id.clone(), my_idx))
+                }
             };
-            let sup = parent
-                .as_ref()
-                .map(|(r, _)| r.get_cell())
-                .unwrap_or_else(|| supervisor.clone());
+            let sup = match &parent {
+                Some(Parent::Local(r, _)) => r.get_cell(),
+                _ => supervisor.clone(),
+            };
             let (f, n) = (s.first_child as usize, s.n_children as usize);
             let mut ders = Vec::new();
             let mut allocations = snap.allocations.remove(&s.id).unwrap_or_default();
@@ -343,15 +373,19 @@ pub(crate) async fn build(
                     .zip(&ders)
                     .map(|(c, d)| ChildSpec {
                         id: slots[c].id.clone(),
+                        kind: NodeKind::Der,
                         env: d.envelope(),
+                        remote: false,
                     })
                     .collect()
             } else {
                 (f..f + n)
                     .map(|c| ChildSpec {
                         id: slots[c].id.clone(),
+                        kind: kind_of(c),
                         // A virtual DER's children are aggregates.
                         env: envs[agg_no[c] as usize].clone(),
+                        remote: !local[c],
                     })
                     .collect()
             };
@@ -399,7 +433,7 @@ pub(crate) async fn build(
                             NodeKind::VirtualDer
                         },
                         parent,
-                        actor: r.clone(),
+                        actor: Some(r.clone()),
                         der_idx: None,
                         site_no: if is_site {
                             sites.len() as u32
@@ -418,7 +452,7 @@ pub(crate) async fn build(
                             NodeHandle {
                                 kind: NodeKind::Der,
                                 parent: Some(s.id.clone()),
-                                actor: r.clone(),
+                                actor: Some(r.clone()),
                                 der_idx: Some(k as u32),
                                 site_no,
                             },
@@ -433,6 +467,23 @@ pub(crate) async fn build(
         progress(done.min(slots.len()), slots.len());
     }
     drop(envs);
+    // Nodes on other members: known by id, reached through the link.
+    for (idx, s) in slots.iter().enumerate() {
+        if index.contains_key(&s.id) {
+            continue;
+        }
+        index.insert(
+            s.id.clone(),
+            NodeHandle {
+                kind: kind_of(idx),
+                parent: (s.parent != u32::MAX).then(|| slots[s.parent as usize].id.clone()),
+                actor: None,
+                der_idx: matches!(s.spec, Spec::Der(_))
+                    .then(|| (idx - slots[s.parent as usize].first_child as usize) as u32),
+                site_no: u32::MAX,
+            },
+        );
+    }
 
     // 4. Hand every virtual DER its children's handles.
     for (idx, s) in slots.iter().enumerate() {
@@ -441,13 +492,12 @@ pub(crate) async fn build(
         }
         if let Some(agg) = &refs[idx] {
             let (f, n) = (s.first_child as usize, s.n_children as usize);
-            let kids: Vec<ActorRef<AggregateMsg>> =
-                refs[f..f + n].iter().flatten().cloned().collect();
+            let kids: Vec<Option<ActorRef<AggregateMsg>>> = refs[f..f + n].to_vec();
             agg.cast(AggregateMsg::Attach(kids))
                 .map_err(|e| format!("attaching children of {}: {e}", s.id))?;
         }
     }
-    if refs[0].is_none() {
+    if local[0] && refs[0].is_none() {
         return Err("root did not start".into());
     }
     tracing::info!(

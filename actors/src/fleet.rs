@@ -25,6 +25,7 @@ use crate::messages::{
 };
 use crate::metrics::Metrics;
 use crate::now_ms;
+use crate::remote::{RemoteCall, RemoteCast, RemoteLink, RemoteReply};
 
 /// Why a fleet request failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +81,16 @@ impl Actor for FleetSupervisor {
     }
 }
 
+/// What a fleet is started with besides its nodes.
+struct Parts {
+    config: FleetConfig,
+    journal: Arc<dyn Journal>,
+    devices: Arc<dyn DeviceLink>,
+    metrics: Arc<Metrics>,
+    store: Option<vpp_store::Store>,
+    remote: Option<Arc<dyn RemoteLink>>,
+}
+
 struct Inner {
     index: rustc_hash::FxHashMap<NodeId, NodeHandle>,
     /// Site actors by number (`NodeHandle::site_no`).
@@ -104,6 +115,19 @@ impl Fleet {
         devices: Arc<dyn DeviceLink>,
         metrics: Arc<Metrics>,
     ) -> Result<Fleet, FleetError> {
+        Self::start_linked(hierarchy, config, journal, devices, metrics, None).await
+    }
+
+    /// [`Fleet::start`] of this member's part of a fleet spread over
+    /// cluster members: only the aggregates `remote` places here run here.
+    pub async fn start_linked(
+        hierarchy: Hierarchy,
+        config: FleetConfig,
+        journal: Arc<dyn Journal>,
+        devices: Arc<dyn DeviceLink>,
+        metrics: Arc<Metrics>,
+        remote: Option<Arc<dyn RemoteLink>>,
+    ) -> Result<Fleet, FleetError> {
         let topology = hierarchy.validate().map_err(FleetError::Invalid)?;
         let snap = Snapshot {
             hierarchy,
@@ -113,7 +137,15 @@ impl Fleet {
             allocations: HashMap::new(),
             orders: HashMap::new(),
         };
-        Self::start_snapshot(snap, config, journal, devices, metrics, None, |_, _| {}).await
+        let parts = Parts {
+            config,
+            journal,
+            devices,
+            metrics,
+            store: None,
+            remote,
+        };
+        Self::start_snapshot(snap, parts, |_, _| {}).await
     }
 
     /// Rebuilds the fleet from what the store holds: hierarchy, last DER
@@ -127,6 +159,21 @@ impl Fleet {
         metrics: Arc<Metrics>,
         progress: impl FnMut(usize, usize),
     ) -> Result<Fleet, FleetError> {
+        Self::start_from_store_linked(store, config, journal, devices, metrics, None, progress)
+            .await
+    }
+
+    /// [`Fleet::start_from_store`] of this member's part of a fleet spread
+    /// over cluster members (see [`Fleet::start_linked`]).
+    pub async fn start_from_store_linked(
+        store: vpp_store::Store,
+        config: FleetConfig,
+        journal: Arc<dyn Journal>,
+        devices: Arc<dyn DeviceLink>,
+        metrics: Arc<Metrics>,
+        remote: Option<Arc<dyn RemoteLink>>,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Fleet, FleetError> {
         let s = store.clone();
         let t = std::time::Instant::now();
         let snap = tokio::task::spawn_blocking(move || load_snapshot(&s))
@@ -138,31 +185,28 @@ impl Fleet {
             ms = t.elapsed().as_millis() as u64,
             "loaded from store"
         );
-        Self::start_snapshot(
-            snap,
+        let parts = Parts {
             config,
             journal,
             devices,
             metrics,
-            Some(store),
-            progress,
-        )
-        .await
+            store: Some(store),
+            remote,
+        };
+        Self::start_snapshot(snap, parts, progress).await
     }
 
     async fn start_snapshot(
         snap: Snapshot,
-        config: FleetConfig,
-        journal: Arc<dyn Journal>,
-        devices: Arc<dyn DeviceLink>,
-        metrics: Arc<Metrics>,
-        store: Option<vpp_store::Store>,
+        p: Parts,
         progress: impl FnMut(usize, usize),
     ) -> Result<Fleet, FleetError> {
         let (supervisor, _) = Actor::spawn(None, FleetSupervisor, ())
             .await
             .map_err(|e| FleetError::Start(e.to_string()))?;
-        let ctx = Arc::new(FleetCtx::new(config, metrics, journal, devices, store));
+        let ctx = Arc::new(FleetCtx::new(
+            p.config, p.metrics, p.journal, p.devices, p.store, p.remote,
+        ));
         let Built {
             index,
             sites,
@@ -231,11 +275,114 @@ impl Fleet {
     pub async fn view(&self, id: &NodeId) -> Result<NodeView, FleetError> {
         let h = self.handle(id)?;
         let t = Some(self.timeout());
+        let Some(actor) = &h.actor else {
+            let call = RemoteCall::View { to: id.clone() };
+            return match self.remote(id, call).await? {
+                RemoteReply::View(v) => Ok(*v),
+                other => Err(unexpected(id, other)),
+            };
+        };
         match h.der_idx {
-            Some(i) => answer(id, h.actor.call(|rp| AggregateMsg::DerView(i, rp), t).await)?
+            Some(i) => answer(id, actor.call(|rp| AggregateMsg::DerView(i, rp), t).await)?
                 .ok_or_else(|| FleetError::Unavailable(id.clone(), "der is restarting".into())),
-            None => answer(id, h.actor.call(AggregateMsg::View, t).await),
+            None => answer(id, actor.call(AggregateMsg::View, t).await),
         }
+    }
+
+    /// Where requests for node `id` go when it runs on another member: the
+    /// aggregate itself, or a DER's site.
+    fn route<'a>(&'a self, id: &'a NodeId, h: &'a NodeHandle) -> (&'a NodeId, NodeKind) {
+        match (h.kind, &h.parent) {
+            (NodeKind::Der, Some(site)) => (site, NodeKind::Site),
+            (kind, _) => (id, kind),
+        }
+    }
+
+    /// Sends `call` for node `id` to the member it runs on.
+    async fn remote(&self, id: &NodeId, call: RemoteCall) -> Result<RemoteReply, FleetError> {
+        let h = self.handle(id)?;
+        let Some(link) = &self.inner.ctx.remote else {
+            return Err(FleetError::Unavailable(id.clone(), "actor is down".into()));
+        };
+        crate::remote::call_until(&**link, self.route(id, h), call, self.timeout())
+            .await
+            .map_err(|e| FleetError::Unavailable(id.clone(), e))
+    }
+
+    /// Whether node `id` runs on this member (DERs: their site).
+    pub fn is_here(&self, id: &NodeId) -> bool {
+        self.inner.index.get(id).is_some_and(|h| h.actor.is_some())
+    }
+
+    /// Answers a request another member sent for a node that runs here
+    /// (never forwards it again: a node not here is `Failed`).
+    pub async fn serve_call(&self, call: RemoteCall) -> RemoteReply {
+        let id = call.to().clone();
+        if !self.is_here(&id) {
+            return RemoteReply::Failed(format!("{id} does not run on this member"));
+        }
+        let r = match call {
+            RemoteCall::Dispatch {
+                order,
+                share_w,
+                timeout_ms,
+                ..
+            } => {
+                let timeout = Duration::from_millis(timeout_ms);
+                self.dispatch_share(&id, Arc::new(order), share_w, timeout)
+                    .await
+                    .map(RemoteReply::Outcome)
+            }
+            RemoteCall::Cancel { id: order, .. } => {
+                self.cancel_at(&id, &order).await.map(|_| RemoteReply::Done)
+            }
+            RemoteCall::Refresh { .. } => self
+                .refresh(&id)
+                .await
+                .map(|e| RemoteReply::Envelope(Box::new(e))),
+            RemoteCall::View { .. } => self.view(&id).await.map(|v| RemoteReply::View(Box::new(v))),
+            RemoteCall::Allocation { id: order, .. } => self
+                .allocation(&order, &id)
+                .await
+                .map(RemoteReply::Allocation),
+            RemoteCall::SetState { state, .. } => match self.set_state(&id, state).await {
+                Ok(()) => Ok(RemoteReply::State(Ok(()))),
+                Err(FleetError::Rejected(r)) => Ok(RemoteReply::State(Err(r))),
+                Err(e) => Err(e),
+            },
+        };
+        r.unwrap_or_else(|e| RemoteReply::Failed(e.to_string()))
+    }
+
+    /// Delivers a message another member sent to an aggregate that runs
+    /// here (dropped when it does not: the sender repeats it).
+    pub fn serve_cast(&self, cast: RemoteCast) {
+        let Some(actor) = self
+            .inner
+            .index
+            .get(cast.to())
+            .and_then(|h| h.actor.clone())
+        else {
+            return;
+        };
+        let msg = match cast {
+            RemoteCast::ChildReport { idx, env, .. } => AggregateMsg::ChildReport { idx, env },
+            RemoteCast::ShareRefused {
+                idx,
+                dispatch,
+                holds_w,
+                epoch,
+                reason,
+                ..
+            } => AggregateMsg::ShareRefused {
+                idx,
+                dispatch,
+                holds_w,
+                epoch,
+                reason,
+            },
+        };
+        let _ = actor.cast(msg);
     }
 
     /// The node's envelope pulled fresh from every DER below it now.
@@ -244,19 +391,29 @@ impl Fleet {
         if h.der_idx.is_some() {
             return Ok(self.view(id).await?.envelope);
         }
+        let Some(actor) = &h.actor else {
+            return match self
+                .remote(id, RemoteCall::Refresh { to: id.clone() })
+                .await?
+            {
+                RemoteReply::Envelope(e) => Ok(*e),
+                other => Err(unexpected(id, other)),
+            };
+        };
         answer(
             id,
-            h.actor
+            actor
                 .call(AggregateMsg::Refresh, Some(self.timeout()))
                 .await,
         )
     }
 
-    /// The site actor hosting DER `id`, and the DER's index there.
-    fn der(&self, id: &NodeId) -> Result<(&ActorRef<AggregateMsg>, u32), FleetError> {
+    /// The site actor hosting DER `id` (`None`: on another member), and the
+    /// DER's index there.
+    fn der(&self, id: &NodeId) -> Result<(Option<&ActorRef<AggregateMsg>>, u32), FleetError> {
         let h = self.handle(id)?;
         match h.der_idx {
-            Some(i) => Ok((&h.actor, i)),
+            Some(i) => Ok((h.actor.as_ref(), i)),
             None => Err(FleetError::NotADer(id.clone(), h.kind.as_str())),
         }
     }
@@ -264,6 +421,16 @@ impl Fleet {
     /// Applies a new state to a DER and waits until it is applied.
     pub async fn set_state(&self, id: &NodeId, state: DerState) -> Result<(), FleetError> {
         let (site, i) = self.der(id)?;
+        let Some(site) = site else {
+            let call = RemoteCall::SetState {
+                to: id.clone(),
+                state,
+            };
+            return match self.remote(id, call).await? {
+                RemoteReply::State(r) => r.map_err(FleetError::from),
+                other => Err(unexpected(id, other)),
+            };
+        };
         let r = site
             .call(
                 |rp| AggregateMsg::DerState(i, state, Some(rp)),
@@ -276,6 +443,9 @@ impl Fleet {
     /// Applies a new state to a DER without waiting (telemetry path).
     pub fn send_state(&self, id: &NodeId, state: DerState) -> Result<(), FleetError> {
         let (site, i) = self.der(id)?;
+        let site = site.ok_or_else(|| {
+            FleetError::Unavailable(id.clone(), "its site runs on another member".into())
+        })?;
         site.cast(AggregateMsg::DerState(i, state, None))
             .map_err(|e| FleetError::Unavailable(id.clone(), e.to_string()))
     }
@@ -294,6 +464,7 @@ impl Fleet {
                 Ok(NodeHandle {
                     der_idx: Some(i),
                     site_no,
+                    actor: Some(_),
                     ..
                 }) => found.push((
                     DerAddr {
@@ -339,6 +510,7 @@ impl Fleet {
     pub fn locate_der(&self, site: &str, der: &str) -> Option<DerAddr> {
         let h = self.inner.index.get(der)?;
         let i = h.der_idx?;
+        h.actor.as_ref()?;
         (h.parent.as_ref().map(NodeId::as_str) == Some(site)).then_some(DerAddr {
             site_no: h.site_no,
             idx: i,
@@ -348,7 +520,7 @@ impl Fleet {
     /// The number of site `site`, if it is one.
     pub fn locate_site(&self, site: &str) -> Option<u32> {
         let h = self.inner.index.get(site)?;
-        (h.kind == NodeKind::Site).then_some(h.site_no)
+        (h.kind == NodeKind::Site && h.actor.is_some()).then_some(h.site_no)
     }
 
     /// Hands device messages to their DERs without waiting, one message per
@@ -375,13 +547,17 @@ impl Fleet {
     /// The site actor hosting DER `id` (tests of supervision).
     #[cfg(test)]
     pub(crate) fn site_actor(&self, id: &NodeId) -> Result<ActorRef<AggregateMsg>, FleetError> {
-        self.der(id).map(|(a, _)| a.clone())
+        self.der(id)?
+            .0
+            .cloned()
+            .ok_or_else(|| FleetError::Unavailable(id.clone(), "not here".into()))
     }
 
-    fn aggregate(&self, id: &NodeId) -> Result<&ActorRef<AggregateMsg>, FleetError> {
+    /// The actor of aggregate `id`: `None` when it runs on another member.
+    fn aggregate(&self, id: &NodeId) -> Result<Option<&ActorRef<AggregateMsg>>, FleetError> {
         let h = self.handle(id)?;
         match h.der_idx {
-            None => Ok(&h.actor),
+            None => Ok(h.actor.as_ref()),
             Some(_) => Err(FleetError::NotAnAggregate(id.clone(), h.kind.as_str())),
         }
     }
@@ -390,35 +566,72 @@ impl Fleet {
     /// whole tree to answer.
     pub async fn dispatch(&self, order: Arc<DispatchOrder>) -> Result<DispatchOutcome, FleetError> {
         let target = order.target.clone();
-        let a = self.aggregate(&target)?;
         let span = tracing::info_span!("dispatch", order = %order.id, target = %target, power_w = order.power_w);
         let _g = span.enter();
-        let deadline = Instant::now() + self.timeout();
+        let share = order.power_w;
+        self.dispatch_share(&target, order, share, self.timeout())
+            .await
+    }
+
+    /// Asks aggregate `at` to hold `share_w` (total) of `order` within
+    /// `timeout`, wherever it runs.
+    async fn dispatch_share(
+        &self,
+        at: &NodeId,
+        order: Arc<DispatchOrder>,
+        share_w: u64,
+        timeout: Duration,
+    ) -> Result<DispatchOutcome, FleetError> {
+        let Some(a) = self.aggregate(at)? else {
+            let call = RemoteCall::Dispatch {
+                to: at.clone(),
+                order: (*order).clone(),
+                share_w,
+                timeout_ms: timeout.as_millis() as u64,
+            };
+            return match self.remote(at, call).await? {
+                RemoteReply::Outcome(o) => Ok(o),
+                other => Err(unexpected(at, other)),
+            };
+        };
         let share = DispatchShare {
-            share_w: order.power_w,
+            share_w,
             order,
-            deadline,
+            deadline: Instant::now() + timeout,
         };
         let r = a
             .call(
                 |rp| AggregateMsg::Dispatch(share, rp),
-                Some(self.timeout() + Duration::from_secs(1)),
+                Some(timeout + Duration::from_secs(1)),
             )
             .await;
-        answer(&target, r)
+        answer(at, r)
     }
 
     /// Withdraws an order from its target and every node below.
     pub async fn cancel(&self, order: &DispatchOrder) -> Result<(), FleetError> {
-        let a = self.aggregate(&order.target)?;
-        let id = order.id.clone();
+        self.cancel_at(&order.target, &order.id).await
+    }
+
+    async fn cancel_at(&self, at: &NodeId, id: &DispatchId) -> Result<(), FleetError> {
+        let Some(a) = self.aggregate(at)? else {
+            let call = RemoteCall::Cancel {
+                to: at.clone(),
+                id: id.clone(),
+            };
+            return match self.remote(at, call).await? {
+                RemoteReply::Done => Ok(()),
+                other => Err(unexpected(at, other)),
+            };
+        };
+        let id = id.clone();
         let r = a
             .call(
                 |rp| AggregateMsg::Cancel(id, Some(rp)),
                 Some(self.timeout()),
             )
             .await;
-        answer(&order.target, r)
+        answer(at, r)
     }
 
     /// What `node` holds for an order (aggregates only).
@@ -427,7 +640,16 @@ impl Fleet {
         dispatch: &DispatchId,
         node: &NodeId,
     ) -> Result<Option<NodeAllocation>, FleetError> {
-        let a = self.aggregate(node)?;
+        let Some(a) = self.aggregate(node)? else {
+            let call = RemoteCall::Allocation {
+                to: node.clone(),
+                id: dispatch.clone(),
+            };
+            return match self.remote(node, call).await? {
+                RemoteReply::Allocation(a) => Ok(a),
+                other => Err(unexpected(node, other)),
+            };
+        };
         let d = dispatch.clone();
         let r = a
             .call(|rp| AggregateMsg::Allocation(d, rp), Some(self.timeout()))
@@ -460,6 +682,13 @@ impl Fleet {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_millis(50));
         }
+    }
+}
+
+fn unexpected(id: &NodeId, r: RemoteReply) -> FleetError {
+    match r {
+        RemoteReply::Failed(why) => FleetError::Unavailable(id.clone(), why),
+        other => FleetError::Unavailable(id.clone(), format!("unexpected answer {other:?}")),
     }
 }
 

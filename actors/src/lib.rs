@@ -47,6 +47,7 @@ mod fleet;
 mod journal;
 mod messages;
 mod metrics;
+mod remote;
 
 pub use config::FleetConfig;
 pub use devices::{DeviceLink, NoDevices};
@@ -56,6 +57,7 @@ pub use messages::{
     AckState, ChildView, DerAddr, DeviceInput, DeviceView, DispatchOutcome, NodeView, StateRejected,
 };
 pub use metrics::Metrics;
+pub use remote::{RemoteCall, RemoteCast, RemoteLink, RemoteReply};
 
 /// Now, Unix ms.
 pub fn now_ms() -> u64 {

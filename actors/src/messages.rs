@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use ractor::{ActorRef, RpcReplyPort};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use vpp_domain::{
     DerState, DispatchId, DispatchOrder, FlexEnvelope, NodeAllocation, NodeId, NodeKind, NodeSpec,
@@ -22,7 +22,7 @@ pub(crate) struct DispatchShare {
 }
 
 /// What a node answers to a dispatch share (for its whole subtree).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DispatchOutcome {
     /// Of the share, how much the subtree took, W.
     pub accepted_w: u64,
@@ -38,7 +38,7 @@ pub struct DispatchOutcome {
 }
 
 /// Why a DER state update was not applied.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum StateRejected {
     /// Sequence number not newer than the one already applied.
     #[error("sequence number {got} is not newer than {have}")]
@@ -61,8 +61,11 @@ pub(crate) enum AggregateMsg {
     /// Time to report upward what has accumulated.
     Flush,
     /// The children's handles, in the order of the spawn arguments
-    /// (virtual DERs; a site's children are hosted).
-    Attach(Vec<ActorRef<AggregateMsg>>),
+    /// (virtual DERs; a site's children are hosted); `None` for a child
+    /// running on another member.
+    Attach(Vec<Option<ActorRef<AggregateMsg>>>),
+    /// Time to send a parent on another member the last report again.
+    Resend,
     View(RpcReplyPort<NodeView>),
     Refresh(RpcReplyPort<FlexEnvelope>),
     Dispatch(DispatchShare, RpcReplyPort<DispatchOutcome>),
@@ -105,8 +108,13 @@ pub(crate) enum AggregateMsg {
     PanicDer(u32, RpcReplyPort<Result<(), String>>),
 }
 
+// Local only: ractor's `cluster` feature (the runtime's mesh) asks every
+// message type to say whether it can cross members; this one does not
+// (remote nodes are reached through `RemoteLink`).
+impl ractor::Message for AggregateMsg {}
+
 /// One child as seen from its parent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChildView {
     /// The child.
     pub id: NodeId,
@@ -141,7 +149,7 @@ pub struct DerAddr {
 }
 
 /// What a device said about one setpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AckState {
     /// Published (or about to be); no answer yet.
@@ -153,7 +161,7 @@ pub enum AckState {
 }
 
 /// A DER's side of the device shadow.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceView {
     /// Version of the last desired document published (none yet: `None`).
     pub desired_version: Option<u64>,
@@ -167,7 +175,7 @@ pub struct DeviceView {
 }
 
 /// What any node says about itself: "what can you do now".
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeView {
     /// The node.
     pub id: NodeId,

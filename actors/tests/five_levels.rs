@@ -11,72 +11,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, id};
+use common::{eventually, five_levels as hierarchy, id};
 use vpp_actors::{Fleet, FleetConfig, Metrics, NullJournal};
 use vpp_domain::split::{split, Candidate};
 use vpp_domain::{
-    DerKind, DerRating, DerSpec, DerState, Direction, DispatchId, DispatchOrder, Hierarchy,
-    Location, NodeId, Segment, SiteSpec, Strategy, VirtualDerSpec,
+    DerKind, DerRating, DerState, Direction, DispatchId, DispatchOrder, Hierarchy, NodeId, Strategy,
 };
-
-/// 2 regions × 2 districts × 3 sites × 3 curtailable loads. Load `k` at a
-/// site draws a different power so pro-rata shares are uneven.
-fn hierarchy(strategy: Strategy) -> Hierarchy {
-    let mut h = Hierarchy::default();
-    h.virtual_ders.push(VirtualDerSpec {
-        id: id("root"),
-        name: "root".into(),
-        parent: None,
-        strategy,
-    });
-    for r in 0..2 {
-        let region = format!("r{r}");
-        h.virtual_ders.push(VirtualDerSpec {
-            id: id(&region),
-            name: region.clone(),
-            parent: Some(id("root")),
-            strategy,
-        });
-        for d in 0..2 {
-            let district = format!("{region}d{d}");
-            h.virtual_ders.push(VirtualDerSpec {
-                id: id(&district),
-                name: district.clone(),
-                parent: Some(id(&region)),
-                strategy,
-            });
-            for s in 0..3 {
-                let site = format!("{district}s{s}");
-                h.sites.push(SiteSpec {
-                    id: id(&site),
-                    name: site.clone(),
-                    parent: id(&district),
-                    location: Location {
-                        lat: 50.0,
-                        lon: 5.0,
-                        zone: format!("z{r}"),
-                        feeder: format!("f{d}"),
-                    },
-                    segment: Segment::Commercial,
-                    owner: "owner".into(),
-                    strategy,
-                });
-                for k in 0..3u64 {
-                    let mut rating =
-                        DerRating::new(DerKind::CurtailableLoad, 10_000 + 1_000 * k, 0);
-                    rating.cost_micros_per_kwh = 100_000 * (k + 1) + 10_000 * s;
-                    h.ders.push(DerSpec {
-                        id: id(&format!("{site}l{k}")),
-                        name: String::new(),
-                        site: id(&site),
-                        rating,
-                    });
-                }
-            }
-        }
-    }
-    h
-}
 
 fn config(rollup: Duration) -> FleetConfig {
     FleetConfig {

@@ -2,16 +2,19 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use ractor::ActorRef;
 
 use tokio::time::Instant;
 use vpp_domain::split::{resplit, Candidate};
-use vpp_domain::{DispatchId, DispatchOrder, NodeAllocation, Refusal};
+use vpp_domain::{DispatchId, DispatchOrder, NodeAllocation, NodeKind, Refusal};
 
-use super::{Aggregate, Alloc};
+use super::{Aggregate, Alloc, Parent, Target};
 use crate::messages::{settle, AggregateMsg, DispatchOutcome, DispatchShare};
 use crate::metrics::Metrics;
 use crate::now_ms;
+use crate::remote::{call_until, RemoteCall, RemoteCast, RemoteLink, RemoteReply};
 
 /// What a child lost of its share, as reported to its parent.
 pub(crate) enum Loss {
@@ -21,9 +24,11 @@ pub(crate) enum Loss {
     Holds { holds_w: u64, epoch: u64 },
 }
 
-/// Asks one child actor to hold `share_w` of `order`, answering by `deadline`.
+/// Asks one child (here or on another member) to hold `share_w` of
+/// `order`, answering by `deadline`.
 async fn ask(
-    child: Option<ActorRef<AggregateMsg>>,
+    child: Target,
+    link: Option<Arc<dyn RemoteLink>>,
     order: Arc<DispatchOrder>,
     share_w: u64,
     deadline: Instant,
@@ -32,18 +37,50 @@ async fn ask(
     let timeout = deadline.saturating_duration_since(now);
     // Give the child's own children a smaller window than ours, so that a
     // silent grandchild is detected below us before we give up on the child.
-    let inner = now + timeout.mul_f32(0.75);
-    let share = DispatchShare {
-        order,
-        share_w,
-        deadline: inner,
-    };
-    match child {
-        Some(a) => settle(
-            a.call(|rp| AggregateMsg::Dispatch(share, rp), Some(timeout))
-                .await,
-        ),
-        None => Err("child actor is down".into()),
+    let inner = timeout.mul_f32(0.75);
+    match (child, link) {
+        (Target::Local(a), _) => {
+            let share = DispatchShare {
+                order,
+                share_w,
+                deadline: now + inner,
+            };
+            settle(
+                a.call(|rp| AggregateMsg::Dispatch(share, rp), Some(timeout))
+                    .await,
+            )
+        }
+        (Target::Remote(id, kind), Some(link)) => {
+            let call = RemoteCall::Dispatch {
+                to: id.clone(),
+                order: (*order).clone(),
+                share_w,
+                timeout_ms: inner.as_millis() as u64,
+            };
+            match call_until(&*link, (&id, kind), call, timeout).await? {
+                RemoteReply::Outcome(o) => Ok(o),
+                other => Err(format!("{id} answered {other:?}")),
+            }
+        }
+        _ => Err("child actor is down".into()),
+    }
+}
+
+/// Withdraws `id` from a child without waiting for it.
+fn withdraw(child: Target, link: Option<Arc<dyn RemoteLink>>, id: DispatchId, timeout: Duration) {
+    match (child, link) {
+        (Target::Local(a), _) => {
+            let _ = a.cast(AggregateMsg::Cancel(id, None));
+        }
+        (Target::Remote(to, kind), Some(link)) => {
+            tokio::spawn(async move {
+                let call = RemoteCall::Cancel { to: to.clone(), id };
+                if let Err(e) = call_until(&*link, (&to, kind), call, timeout).await {
+                    tracing::warn!(node = %to, error = %e, "withdrawing a share failed");
+                }
+            });
+        }
+        _ => {}
     }
 }
 
@@ -94,6 +131,7 @@ impl Aggregate {
         });
         let mut refused = std::mem::take(&mut alloc.refused);
         let mut rounds = 0u32;
+        let mut withdrawn: Vec<usize> = Vec::new();
         loop {
             let placed: u64 = alloc.shares.iter().sum();
             let gap = share.share_w.saturating_sub(placed);
@@ -111,7 +149,8 @@ impl Aggregate {
             let answers: Vec<Result<DispatchOutcome, String>> = if self.ders.is_empty() {
                 let futs = asks.iter().map(|&i| {
                     ask(
-                        self.children[i].actor.clone(),
+                        self.target(i),
+                        self.ctx.remote.clone(),
                         order.clone(),
                         alloc.shares[i] + extra.allocations[i],
                         share.deadline,
@@ -158,19 +197,27 @@ impl Aggregate {
                         refused[i] = true;
                         Metrics::inc(&self.ctx.metrics.dispatch_child_failures);
                         tracing::warn!(node = %self.id, child = %child.id, %reason, "dispatch share failed");
+                        withdrawn.push(i);
                         alloc.record.refusals.push(Refusal {
                             child: child.id.clone(),
                             refused_w: asked,
                             reason,
                         });
-                        // It may still act on the share later; withdraw it.
-                        if let Some(actor) = &child.actor {
-                            let _ = actor.cast(AggregateMsg::Cancel(order.id.clone(), None));
-                        }
                         alloc.shares[i] = 0;
                         alloc.outcomes[i] = None;
                     }
                 }
+            }
+            // A child that failed may still act on its share later:
+            // withdraw it.
+            for i in withdrawn.drain(..) {
+                let timeout = self.ctx.config.dispatch_timeout;
+                withdraw(
+                    self.target(i),
+                    self.ctx.remote.clone(),
+                    order.id.clone(),
+                    timeout,
+                );
             }
             if rounds >= self.ctx.config.max_resplits {
                 break;
@@ -244,17 +291,19 @@ impl Aggregate {
             return;
         }
         let timeout = self.ctx.config.dispatch_timeout;
-        let futs = holders
-            .into_iter()
-            .filter_map(|i| self.children[i].actor.clone())
-            .map(|a| {
-                let id = id.clone();
-                async move {
-                    let _ = a
-                        .call(|rp| AggregateMsg::Cancel(id, Some(rp)), Some(timeout))
-                        .await;
-                }
-            });
+        let futs = holders.into_iter().map(|i| {
+            let local_id = id.clone();
+            self.call_child(
+                i,
+                move |rp| AggregateMsg::Cancel(local_id, Some(rp)),
+                RemoteCall::Cancel {
+                    to: self.children[i].id.clone(),
+                    id: id.clone(),
+                },
+                |r| matches!(r, RemoteReply::Done).then_some(()),
+                timeout,
+            )
+        });
         futures::future::join_all(futs).await;
     }
 
@@ -325,14 +374,33 @@ impl Aggregate {
         if out.accepted_w >= before {
             return;
         }
-        if let Some((parent, my_idx)) = &self.parent {
-            let _ = parent.cast(AggregateMsg::ShareRefused {
-                idx: *my_idx,
-                dispatch: id.clone(),
-                holds_w: out.accepted_w,
-                epoch: out.epoch,
-                reason: out.reason.unwrap_or(reason),
-            });
+        let reason = out.reason.unwrap_or(reason);
+        match &self.parent {
+            Some(Parent::Local(parent, my_idx)) => {
+                let _ = parent.cast(AggregateMsg::ShareRefused {
+                    idx: *my_idx,
+                    dispatch: id.clone(),
+                    holds_w: out.accepted_w,
+                    epoch: out.epoch,
+                    reason,
+                });
+            }
+            Some(Parent::Remote(parent, my_idx)) => {
+                if let Some(link) = &self.ctx.remote {
+                    link.cast(
+                        NodeKind::VirtualDer,
+                        RemoteCast::ShareRefused {
+                            to: parent.clone(),
+                            idx: *my_idx,
+                            dispatch: id.clone(),
+                            holds_w: out.accepted_w,
+                            epoch: out.epoch,
+                            reason,
+                        },
+                    );
+                }
+            }
+            None => {}
         }
     }
 }
