@@ -510,15 +510,15 @@ impl Aggregate {
         timeout: Duration,
     ) -> futures::future::BoxFuture<'static, Result<T, String>> {
         let target = self.target(i);
-        let link = self.ctx.remote.clone();
+        let ctx = self.ctx.clone();
         Box::pin(async move {
-            match (target, link) {
-                (Target::Local(a), _) => settle(a.call(local, Some(timeout)).await),
-                (Target::Remote(id, kind), Some(link)) => {
-                    let r = call_until(&*link, (&id, kind), remote, timeout).await?;
+            match target {
+                Target::Local(a) => settle(a.call(local, Some(timeout)).await),
+                Target::Remote(id, kind) => {
+                    let r = call_until(&ctx, (&id, kind), remote, timeout).await?;
                     unwrap(r).ok_or_else(|| format!("{id} answered something else"))
                 }
-                _ => Err("child actor is down".to_string()),
+                Target::Down => Err("child actor is down".to_string()),
             }
         })
     }

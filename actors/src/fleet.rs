@@ -301,10 +301,7 @@ impl Fleet {
     /// Sends `call` for node `id` to the member it runs on.
     async fn remote(&self, id: &NodeId, call: RemoteCall) -> Result<RemoteReply, FleetError> {
         let h = self.handle(id)?;
-        let Some(link) = &self.inner.ctx.remote else {
-            return Err(FleetError::Unavailable(id.clone(), "actor is down".into()));
-        };
-        crate::remote::call_until(&**link, self.route(id, h), call, self.timeout())
+        crate::remote::call_until(&self.inner.ctx, self.route(id, h), call, self.timeout())
             .await
             .map_err(|e| FleetError::Unavailable(id.clone(), e))
     }
@@ -326,10 +323,11 @@ impl Fleet {
                 order,
                 share_w,
                 timeout_ms,
+                reassert,
                 ..
             } => {
                 let timeout = Duration::from_millis(timeout_ms);
-                self.dispatch_share(&id, Arc::new(order), share_w, timeout)
+                self.dispatch_share(&id, Arc::new(order), share_w, timeout, reassert)
                     .await
                     .map(RemoteReply::Outcome)
             }
@@ -569,7 +567,18 @@ impl Fleet {
         let span = tracing::info_span!("dispatch", order = %order.id, target = %target, power_w = order.power_w);
         let _g = span.enter();
         let share = order.power_w;
-        self.dispatch_share(&target, order, share, self.timeout())
+        self.dispatch_share(&target, order, share, self.timeout(), false)
+            .await
+    }
+
+    /// [`Fleet::dispatch`] of an order already split, after the tree was
+    /// rebuilt (shards moved, a new leader): every node that holds a share
+    /// is asked for it again, so a node rebuilt elsewhere without it takes
+    /// it up; what is missing is placed as usual.
+    pub async fn reassert(&self, order: Arc<DispatchOrder>) -> Result<DispatchOutcome, FleetError> {
+        let target = order.target.clone();
+        let share = order.power_w;
+        self.dispatch_share(&target, order, share, self.timeout(), true)
             .await
     }
 
@@ -581,6 +590,7 @@ impl Fleet {
         order: Arc<DispatchOrder>,
         share_w: u64,
         timeout: Duration,
+        reassert: bool,
     ) -> Result<DispatchOutcome, FleetError> {
         let Some(a) = self.aggregate(at)? else {
             let call = RemoteCall::Dispatch {
@@ -588,6 +598,7 @@ impl Fleet {
                 order: (*order).clone(),
                 share_w,
                 timeout_ms: timeout.as_millis() as u64,
+                reassert,
             };
             return match self.remote(at, call).await? {
                 RemoteReply::Outcome(o) => Ok(o),
@@ -598,6 +609,7 @@ impl Fleet {
             share_w,
             order,
             deadline: Instant::now() + timeout,
+            reassert,
         };
         let r = a
             .call(

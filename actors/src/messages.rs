@@ -19,6 +19,11 @@ pub(crate) struct DispatchShare {
     pub(crate) share_w: u64,
     /// Answer by then; the receiver gives its own children less.
     pub(crate) deadline: Instant,
+    /// Ask every child that holds a share of the order for it again, and
+    /// so on down, before placing what is missing: after the tree was
+    /// rebuilt elsewhere (shards moved), a parent's record of its children's
+    /// shares may be more than they hold.
+    pub(crate) reassert: bool,
 }
 
 /// What a node answers to a dispatch share (for its whole subtree).

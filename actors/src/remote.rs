@@ -29,6 +29,7 @@ use vpp_domain::{
     DerState, DispatchId, DispatchOrder, FlexEnvelope, NodeAllocation, NodeId, NodeKind,
 };
 
+use crate::build::FleetCtx;
 use crate::messages::{DispatchOutcome, NodeView, StateRejected};
 
 /// A one-way message to a node on another member.
@@ -82,6 +83,8 @@ pub enum RemoteCall {
         share_w: u64,
         /// How long the caller waits.
         timeout_ms: u64,
+        /// Ask holders below again first (`DispatchShare::reassert`).
+        reassert: bool,
     },
     /// Withdraw an order from the node and below.
     Cancel {
@@ -171,15 +174,22 @@ pub trait RemoteLink: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<RemoteReply, String>>;
 }
 
-/// Calls `route` through `link`, retrying a call that could not be
-/// delivered (a member reconnecting or still rebuilding its part of the
-/// tree) every 100 ms until `timeout` has passed.
+/// Calls `route` through the fleet's link, retrying a call that could not
+/// be delivered (a member reconnecting or still rebuilding its part of the
+/// tree) every 100 ms until `timeout` has passed, or at once once the fleet
+/// is stopping (a rebuild must not wait for a member that is gone).
 pub(crate) async fn call_until(
-    link: &dyn RemoteLink,
+    ctx: &FleetCtx,
     route: (&NodeId, NodeKind),
     msg: RemoteCall,
     timeout: Duration,
 ) -> Result<RemoteReply, String> {
+    let Some(link) = &ctx.remote else {
+        return Err(format!(
+            "{} runs on another member, and there is no link",
+            route.0
+        ));
+    };
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -188,6 +198,12 @@ pub(crate) async fn call_until(
             Ok(r) => return Ok(r),
             Err(why) => why,
         };
+        if ctx.is_shutting_down() {
+            return Err(format!(
+                "{} on another member: {err} (fleet stopping)",
+                route.0
+            ));
+        }
         if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
             return Err(format!("{} on another member: {err}", route.0));
         }

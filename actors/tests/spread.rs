@@ -10,7 +10,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use common::{eventually, five_levels, id};
@@ -37,7 +37,7 @@ fn owner(id: &NodeId) -> usize {
 /// (`lose`) to show that periodic re-reports repair lost messages.
 struct Link {
     me: usize,
-    fleets: Arc<OnceLock<Vec<Fleet>>>,
+    fleets: Arc<RwLock<Vec<Fleet>>>,
     lose: Arc<AtomicBool>,
     calls: Arc<AtomicU64>,
 }
@@ -53,8 +53,9 @@ impl RemoteLink for Link {
         }
         let to = owner(msg.to());
         assert_ne!(to, self.me, "a cast to a local node went through the link");
-        if let Some(f) = self.fleets.get() {
-            f[to].serve_cast(msg);
+        let f = self.fleets.read().unwrap().get(to).cloned();
+        if let Some(f) = f {
+            f.serve_cast(msg);
         }
     }
 
@@ -69,7 +70,8 @@ impl RemoteLink for Link {
         assert_ne!(to, self.me, "a call to a local node went through the link");
         let fleets = self.fleets.clone();
         Box::pin(async move {
-            let f = fleets.get().ok_or("members not up")?[to].clone();
+            let f = fleets.read().unwrap().get(to).cloned();
+            let f = f.ok_or("member not up")?;
             tokio::time::timeout(timeout, f.serve_call(msg))
                 .await
                 .map_err(|_| "timed out".to_string())
@@ -88,37 +90,48 @@ fn config() -> FleetConfig {
 
 struct Spread {
     fleets: Vec<Fleet>,
+    all: Arc<RwLock<Vec<Fleet>>>,
     lose: Arc<AtomicBool>,
     calls: Arc<AtomicU64>,
 }
 
+async fn member(
+    h: &Hierarchy,
+    me: usize,
+    all: &Arc<RwLock<Vec<Fleet>>>,
+    lose: &Arc<AtomicBool>,
+    calls: &Arc<AtomicU64>,
+) -> Fleet {
+    let link = Link {
+        me,
+        fleets: all.clone(),
+        lose: lose.clone(),
+        calls: calls.clone(),
+    };
+    Fleet::start_linked(
+        h.clone(),
+        config(),
+        Arc::new(NullJournal),
+        Arc::new(NoDevices),
+        Arc::new(Metrics::default()),
+        Some(Arc::new(link)),
+    )
+    .await
+    .expect("member's part starts")
+}
+
 async fn spread(h: &Hierarchy) -> Spread {
-    let all = Arc::new(OnceLock::new());
+    let all = Arc::new(RwLock::new(Vec::new()));
     let lose = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicU64::new(0));
     let mut fleets = Vec::new();
     for me in 0..MEMBERS {
-        let link = Link {
-            me,
-            fleets: all.clone(),
-            lose: lose.clone(),
-            calls: calls.clone(),
-        };
-        let f = Fleet::start_linked(
-            h.clone(),
-            config(),
-            Arc::new(NullJournal),
-            Arc::new(NoDevices),
-            Arc::new(Metrics::default()),
-            Some(Arc::new(link)),
-        )
-        .await
-        .expect("member's part starts");
-        fleets.push(f);
+        fleets.push(member(h, me, &all, &lose, &calls).await);
     }
-    assert!(all.set(fleets.clone()).is_ok());
+    *all.write().unwrap() = fleets.clone();
     Spread {
         fleets,
+        all,
         lose,
         calls,
     }
@@ -254,13 +267,46 @@ async fn a_spread_fleet_rolls_up_splits_and_cancels_like_one_fleet() {
     assert_eq!(again.accepted_w, 40_000);
     assert_eq!(setpoints(&s.fleets[2], &h, "spread-1").await, want_sp);
 
+    // Member 2 loses its part and comes back empty (as when its sites move
+    // to a member that never held them): a plain dispatch sees nothing
+    // missing, a reassert gives the rebuilt sites their shares back.
+    s.fleets[2].stop().await;
+    let fresh = member(&h, 2, &s.all, &s.lose, &s.calls).await;
+    s.all.write().unwrap()[2] = fresh.clone();
+    let lost = setpoints(&s.fleets[0], &h, "spread-1").await;
+    assert_ne!(lost, want_sp, "the rebuilt member holds nothing");
+    s.fleets[0].dispatch(o.clone()).await.unwrap();
+    assert_eq!(
+        setpoints(&s.fleets[0], &h, "spread-1").await,
+        lost,
+        "a plain re-dispatch is a no-op"
+    );
+    let out = s.fleets[0].reassert(o.clone()).await.unwrap();
+    assert_eq!(out.accepted_w, 40_000);
+    // Each site holds its share again (its DERs split it by their state
+    // now: the rebuilt member starts them at nominal, not where the
+    // earlier state change left one).
+    let per_site = |sp: &[(NodeId, u64)]| {
+        let mut m = std::collections::BTreeMap::new();
+        for (d, w) in sp {
+            let site = &h.ders.iter().find(|x| &x.id == d).unwrap().site;
+            *m.entry(site.clone()).or_insert(0u64) += w;
+        }
+        m
+    };
+    assert_eq!(
+        per_site(&setpoints(&fresh, &h, "spread-1").await),
+        per_site(&want_sp)
+    );
+    let fleets: Vec<Fleet> = s.all.read().unwrap().clone();
+
     // Cancel through another member withdraws every setpoint everywhere.
-    s.fleets[2].cancel(&o).await.unwrap();
-    for (d, w) in setpoints(&s.fleets[0], &h, "spread-1").await {
+    fleets[2].cancel(&o).await.unwrap();
+    for (d, w) in setpoints(&fleets[0], &h, "spread-1").await {
         assert_eq!(w, 0, "{d} still holds a share after cancel");
     }
 
-    for f in s.fleets.iter().chain([&one]) {
+    for f in fleets.iter().chain([&one]) {
         f.stop().await;
     }
 }

@@ -3,7 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /api/v1/health` | liveness and a summary |
-//! | `GET /api/v1/health/live` · `GET /api/v1/health/ready` | probes: the process answers · it can serve (cluster: a leader is known) |
+//! | `GET /api/v1/health/live` · `GET /api/v1/health/ready` | probes: the process answers · it can serve (cluster: a leader is known and its shards are loaded) |
 //! | `GET /api/v1/cluster` | members, roles, log positions and lag (operator) |
 //! | `GET /api/v1/hierarchy` | the stored hierarchy (JSON; `?format=toml` for the file format) |
 //! | `PUT /api/v1/hierarchy` | replace it (TOML body, as `vpp hierarchy import`) |

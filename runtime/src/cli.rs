@@ -417,8 +417,15 @@ fn cluster_table(v: &serde_json::Value) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<16} {:>4} {:<28} {:>10} {:>8}",
-        "MEMBER", "ID", "ADDRESS", "MATCHED", "LAG"
+        "placement epoch {} (this member's fleet built for {}); acting for its shards: {}",
+        s("placement_epoch"),
+        s("fleet_epoch"),
+        s("acting")
+    );
+    let _ = writeln!(
+        out,
+        "{:<16} {:>4} {:<28} {:>6} {:>6} {:>9} {:>10} {:>8}",
+        "MEMBER", "ID", "ADDRESS", "LIVE", "SHARDS", "CONNECTED", "MATCHED", "LAG"
     );
     for m in v["members"].as_array().into_iter().flatten() {
         let f = |k: &str| match &m[k] {
@@ -428,10 +435,13 @@ fn cluster_table(v: &serde_json::Value) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<16} {:>4} {:<28} {:>10} {:>8}",
+            "{:<16} {:>4} {:<28} {:>6} {:>6} {:>9} {:>10} {:>8}",
             f("name"),
             f("id"),
             f("addr"),
+            f("live"),
+            f("shards"),
+            f("connected"),
             f("matched_index"),
             f("lag")
         );

@@ -33,14 +33,18 @@
 //! The log is never compacted yet (no snapshots): a member that comes back
 //! empty is sent the whole log. See ARCHITECTURE.md.
 
+pub mod mesh;
 mod network;
 mod proxy;
+pub mod shards;
 mod storage;
 
 pub use proxy::FORWARDED;
+pub use shards::Placement;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,6 +145,11 @@ impl Members {
         Ok(Members { me, all })
     }
 
+    /// Every member's name.
+    pub fn names(&self) -> Vec<String> {
+        self.all.values().map(|(n, _)| n.clone()).collect()
+    }
+
     fn name(&self, id: u64) -> String {
         self.all
             .get(&id)
@@ -163,6 +172,12 @@ pub struct MemberStatus {
     pub matched_index: Option<u64>,
     /// Entries it is behind the leader's log (the leader knows).
     pub lag: Option<u64>,
+    /// It owns shards in the placement in force here.
+    pub live: bool,
+    /// Device-protocol shards it owns (of 256).
+    pub shards: usize,
+    /// This member's actor mesh has a session with it (itself: always).
+    pub connected: bool,
 }
 
 /// What a node knows of the cluster.
@@ -184,6 +199,14 @@ pub struct ClusterStatus {
     pub ms_since_quorum_ack: Option<u64>,
     /// Every member.
     pub members: Vec<MemberStatus>,
+    /// The placement in force here: grows with every change of the live
+    /// members (0: none replicated yet; every configured member counts).
+    pub placement_epoch: u64,
+    /// The placement epoch this member's part of the fleet was built for
+    /// (ready once it equals `placement_epoch`).
+    pub fleet_epoch: u64,
+    /// This member acts for its shards (it hears from the leader).
+    pub acting: bool,
 }
 
 /// A running cluster member.
@@ -199,6 +222,30 @@ pub struct Cluster {
     election_timeout_max_ms: u64,
     /// The node's API router, for requests followers forward to this node.
     api: Arc<std::sync::OnceLock<axum::Router>>,
+    /// Messages between the parts of the fleet on different members.
+    mesh: Arc<mesh::Mesh>,
+    /// Placement, the fleet serving the mesh, contact with the leader.
+    shared: Arc<shards::Shared>,
+    /// Live-member changes applied here so far; changes on each one.
+    lives: watch::Receiver<u64>,
+    /// `cluster.detect_ms`.
+    detect_ms: u64,
+    /// Store (the live set is read from it).
+    store: Store,
+    /// The member-watching task.
+    watcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The mesh listens on the cluster port + 1.
+fn mesh_addr(addr: &str) -> Result<String, String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{addr:?} is not host:port"))?;
+    let port: u16 = port.parse().map_err(|_| format!("{addr:?}: bad port"))?;
+    let mesh = port.checked_add(1).ok_or_else(|| {
+        format!("{addr:?}: the actor mesh needs the next port up, and there is none")
+    })?;
+    Ok(format!("{host}:{mesh}"))
 }
 
 impl Cluster {
@@ -218,8 +265,9 @@ impl Cluster {
         }
         .validate()?;
         let (hier_tx, hierarchies) = watch::channel(0u64);
+        let (lives_tx, lives) = watch::channel(0u64);
         let log = storage::LogStore::new(store.clone());
-        let sm = storage::StateMachine::open(store, hier_tx)?;
+        let sm = storage::StateMachine::open(store.clone(), hier_tx, lives_tx)?;
         let client = network::Client::new(cfg.cookie.clone());
         let raft = Raft::new(members.me, Arc::new(config), client.clone(), log, sm).await?;
         let listener = TcpListener::bind(cfg.listen)
@@ -244,8 +292,34 @@ impl Cluster {
                 tracing::info!(members = members.all.len(), "initialised the cluster");
             }
         }
-        tracing::info!(node = %members.name(members.me), id = members.me, listen = %cfg.listen, "cluster member up");
-        Ok(Arc::new(Cluster {
+        let me = members.name(members.me);
+        let placement = placement_in(&store, &members)?;
+        let shared = Arc::new(shards::Shared::new(placement));
+        let mesh_listen: std::net::SocketAddr = mesh_addr(&cfg.listen.to_string())
+            .and_then(|a| a.parse().map_err(|e| format!("{a}: {e}")))
+            .map_err(|e| anyhow::anyhow!("cluster.listen: {e}"))?;
+        let mut peers = Vec::new();
+        for (id, (name, addr)) in &members.all {
+            if *id != members.me {
+                let a = mesh_addr(addr).map_err(|e| anyhow::anyhow!("cluster.members: {e}"))?;
+                peers.push((name.clone(), a));
+            }
+        }
+        let mesh = mesh::Mesh::start(
+            mesh::MeshConfig {
+                me: me.clone(),
+                listen: mesh_listen,
+                peers,
+                cookie: cfg.cookie.clone(),
+            },
+            Arc::new(shards::Region {
+                shared: shared.clone(),
+            }),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("actor mesh on {mesh_listen}: {e}"))?;
+        tracing::info!(node = %me, id = members.me, listen = %cfg.listen, mesh = %mesh_listen, "cluster member up");
+        let cluster = Arc::new(Cluster {
             raft,
             members,
             client,
@@ -254,7 +328,127 @@ impl Cluster {
             cookie: cfg.cookie.clone(),
             election_timeout_max_ms: cfg.election_timeout_ms * 2,
             api,
-        }))
+            mesh: Arc::new(mesh),
+            shared,
+            lives,
+            detect_ms: cfg.detect_ms,
+            store,
+            watcher: std::sync::Mutex::new(None),
+        });
+        let task = tokio::spawn(watch_members(Arc::downgrade(&cluster)));
+        if let Ok(mut w) = cluster.watcher.lock() {
+            *w = Some(task);
+        }
+        Ok(cluster)
+    }
+
+    /// How this member's fleet reaches nodes on other members.
+    pub fn remote_link(&self) -> Arc<dyn vpp_actors::RemoteLink> {
+        Arc::new(shards::MeshLink {
+            mesh: self.mesh.clone(),
+            shared: self.shared.clone(),
+            me: self.members.name(self.members.me),
+        })
+    }
+
+    /// The placement in force here.
+    pub fn placement(&self) -> Arc<Placement> {
+        self.shared.placement()
+    }
+
+    /// Reads the replicated live set and makes it the placement in force.
+    /// Returns it when it changed.
+    pub fn refresh_placement(&self) -> Result<Option<Arc<Placement>>, StoreError> {
+        let p = placement_in(&self.store, &self.members)?;
+        let mut slot = self
+            .shared
+            .placement
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if **slot == p {
+            return Ok(None);
+        }
+        *slot = Arc::new(p);
+        Ok(Some(slot.clone()))
+    }
+
+    /// Live-member changes applied here; changes on each one.
+    pub fn lives(&self) -> watch::Receiver<u64> {
+        self.lives.clone()
+    }
+
+    /// The fleet that answers other members' requests (`None` while it is
+    /// rebuilt), and the placement epoch it was built for.
+    pub fn serve_fleet(&self, fleet: Option<vpp_actors::Fleet>, epoch: u64) {
+        if let Ok(mut f) = self.shared.fleet.write() {
+            *f = fleet;
+        }
+        self.shared.fleet_epoch.store(epoch, Ordering::SeqCst);
+    }
+
+    /// True while this member may act for its shards: it hears from the
+    /// leader (a follower: a ping within `detect_ms`; the leader: a quorum
+    /// acknowledged it within `detect_ms`), and it is not draining.
+    pub fn acting(&self) -> bool {
+        if self.shared.leaving.load(Ordering::SeqCst) {
+            return false;
+        }
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(self.members.me) {
+            return m
+                .millis_since_quorum_ack
+                .is_some_and(|ms| ms < self.detect_ms);
+        }
+        let last = self.shared.contact_ms.load(Ordering::SeqCst);
+        vpp_actors::now_ms().saturating_sub(last) < self.detect_ms
+    }
+
+    /// Waits (up to `patience`) until every live member's fleet is built
+    /// for placement `epoch` or later, so a split does not race their
+    /// rebuilds. Returns the members that were not, if any.
+    pub async fn wait_members_at(&self, epoch: u64, patience: Duration) -> Vec<String> {
+        let me = self.members.name(self.members.me);
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let placement = self.placement();
+            let mut behind = Vec::new();
+            for m in placement.live.iter().filter(|m| **m != me) {
+                match shards::ping(&self.mesh, &me, m, Duration::from_millis(500)).await {
+                    Ok((e, _)) if e >= epoch => {}
+                    _ => behind.push(m.clone()),
+                }
+            }
+            if behind.is_empty() || tokio::time::Instant::now() >= deadline {
+                return behind;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts draining: this member stops acting for its shards and asks
+    /// the leader to move them away; waits (up to `patience`) until the
+    /// placement in force here no longer gives it any. Returns whether
+    /// they moved.
+    pub async fn hand_shards_over(&self, patience: Duration) -> bool {
+        let me = self.members.name(self.members.me);
+        self.shared.leaving.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if !self.placement().live.contains(&me) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            if !self.is_leader() {
+                if let Some(l) = self.status().leader {
+                    if let Err(e) = shards::leave(&self.mesh, &me, &l).await {
+                        tracing::debug!(error = %e, "asking the leader to move the shards");
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Replicates `cmd`: through this node if it leads, else through the
@@ -424,6 +618,12 @@ impl Cluster {
         m.current_leader.is_some() && m.running_state.is_ok()
     }
 
+    /// True once this member's part of the fleet is built for the
+    /// placement in force.
+    pub fn shards_loaded(&self) -> bool {
+        self.shared.fleet_epoch.load(Ordering::SeqCst) == self.placement().epoch
+    }
+
     /// This node's view of the cluster.
     pub fn status(&self) -> ClusterStatus {
         let m = self.raft.metrics().borrow().clone();
@@ -435,6 +635,9 @@ impl Cluster {
             ServerState::Shutdown => "shutdown",
         };
         let last = m.last_log_index;
+        let placement = self.placement();
+        let counts = placement.counts();
+        let connected = self.mesh.connected();
         let members = self
             .members
             .all
@@ -454,6 +657,9 @@ impl Cluster {
                     _ => None,
                 };
                 MemberStatus {
+                    live: placement.live.contains(name),
+                    shards: counts.get(name).copied().unwrap_or(0),
+                    connected: *id == self.members.me || connected.contains(name),
                     name: name.clone(),
                     id: *id,
                     addr: addr.clone(),
@@ -475,6 +681,9 @@ impl Cluster {
             last_applied: m.last_applied.map(|l| l.index),
             ms_since_quorum_ack: m.millis_since_quorum_ack,
             members,
+            placement_epoch: placement.epoch,
+            fleet_epoch: self.shared.fleet_epoch.load(Ordering::SeqCst),
+            acting: self.acting(),
         }
     }
 
@@ -533,10 +742,100 @@ impl Cluster {
 
     /// Stops taking part (the others elect a new leader if this one led).
     pub async fn shutdown(&self) {
+        if let Some(t) = self.watcher.lock().ok().and_then(|mut w| w.take()) {
+            t.abort();
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "stopping raft");
         }
         self.server.abort();
+        self.mesh.stop().await;
+    }
+}
+
+/// The placement the replicated live set gives (every configured member
+/// before one is replicated).
+fn placement_in(store: &Store, members: &Members) -> Result<Placement, StoreError> {
+    let me = members.name(members.me);
+    Ok(match store.live()? {
+        Some((epoch, live)) => Placement::new(epoch, live, &me),
+        None => Placement::new(0, members.names(), &me),
+    })
+}
+
+/// On the leader: pings every member over the mesh every 500 ms, and
+/// replicates a new live set when one has not answered for `detect_ms`, has
+/// come back, or is draining (`shards.rs`).
+async fn watch_members(cluster: std::sync::Weak<Cluster>) {
+    let mut last_ok: HashMap<String, u64> = HashMap::new();
+    let mut was_leader = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(c) = cluster.upgrade() else { return };
+        let leads = c.is_leader();
+        if !leads {
+            was_leader = false;
+            continue;
+        }
+        let me = c.members.name(c.members.me);
+        let now = vpp_actors::now_ms();
+        if !was_leader {
+            // New leader: everyone gets a full detection window.
+            was_leader = true;
+            last_ok = c.members.names().into_iter().map(|m| (m, now)).collect();
+        }
+        let others: Vec<String> = c.members.names().into_iter().filter(|m| *m != me).collect();
+        let pings = others.iter().map(|m| {
+            let c = c.clone();
+            let me = me.clone();
+            async move { shards::ping(&c.mesh, &me, m, Duration::from_millis(1000)).await }
+        });
+        let answers = futures::future::join_all(pings).await;
+        let now = vpp_actors::now_ms();
+        let mut live = Vec::new();
+        if !c.shared.leaving.load(Ordering::SeqCst) {
+            live.push(me.clone());
+        }
+        for (m, a) in others.iter().zip(answers) {
+            let leaving = match a {
+                Ok((_, leaving)) => {
+                    last_ok.insert(m.clone(), now);
+                    if !leaving {
+                        // Back from a drain (restarted): it may own shards again.
+                        if let Ok(mut l) = c.shared.leavers.lock() {
+                            l.remove(m);
+                        }
+                    }
+                    leaving
+                }
+                Err(_) => false,
+            };
+            let seen = last_ok.get(m).copied().unwrap_or(0);
+            let left = c.shared.leavers.lock().is_ok_and(|l| l.contains(m));
+            if !leaving && !left && now.saturating_sub(seen) < c.detect_ms {
+                live.push(m.clone());
+            }
+        }
+        live.sort();
+        // What the log holds (this member may not have rebuilt for it yet).
+        let current = match placement_in(&c.store, &c.members) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the live members failed");
+                continue;
+            }
+        };
+        if live == current.live || live.is_empty() {
+            continue;
+        }
+        tracing::info!(from = ?current.live, to = ?live, "live members changed: moving shards");
+        let cmd = Command::SetLive {
+            epoch: current.epoch + 1,
+            members: live,
+        };
+        if let Err(e) = c.write(cmd).await {
+            tracing::warn!(error = %e, "replicating the live members failed");
+        }
     }
 }
 

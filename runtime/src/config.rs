@@ -220,6 +220,10 @@ pub struct ClusterConfig {
     /// A follower that hears no leader for this long (plus up to as much
     /// again, at random) calls an election, ms.
     pub election_timeout_ms: u64,
+    /// The leader gives a member's shards to the others after this long
+    /// without an answer to its pings; a member stops acting for its shards
+    /// after this long without a ping from the leader, ms.
+    pub detect_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -231,6 +235,7 @@ impl Default for ClusterConfig {
             cookie: String::new(),
             heartbeat_ms: 250,
             election_timeout_ms: 1500,
+            detect_ms: 3000,
         }
     }
 }
@@ -426,6 +431,9 @@ impl NodeConfig {
         }
         if let Err(e) = crate::mqtt::check_client_id(&self.mqtt.client_id) {
             return bad("mqtt.client_id", &e.to_string());
+        }
+        if !(500..=60_000).contains(&self.cluster.detect_ms) {
+            return bad("cluster.detect_ms", "must be between 500 and 60000");
         }
         if !(10..=10_000).contains(&self.cluster.heartbeat_ms) {
             return bad("cluster.heartbeat_ms", "must be between 10 and 10000");

@@ -124,8 +124,12 @@ pub struct Node {
     /// Replicated hierarchy replacements the fleet has been rebuilt for.
     hierarchies_loaded: AtomicU64,
     /// Whether this node's DER actors may publish to devices: always for a
-    /// single node; in a cluster while it leads.
+    /// single node; in a cluster while it acts for its shards
+    /// (`Cluster::acting`).
     pub devices_active: Arc<std::sync::atomic::AtomicBool>,
+    /// The device-protocol shards this member runs, after each rebuild of
+    /// its part of the fleet (a cluster member subscribes to their topics).
+    shards: tokio::sync::watch::Sender<Vec<u8>>,
     /// Owns the write-behind thread; `None` once shut down.
     write_behind: std::sync::Mutex<Option<WriteBehind>>,
     writer: WriteBehindHandle,
@@ -203,6 +207,7 @@ impl Node {
             writes,
             hierarchies_loaded: AtomicU64::new(0),
             devices_active,
+            shards: tokio::sync::watch::channel(Vec::new()).0,
             write_behind: std::sync::Mutex::new(Some(wb)),
             writer,
             fleet: RwLock::new(None),
@@ -222,7 +227,9 @@ impl Node {
             // A cluster's leader runs the orders (`lead`).
             Some(c) => {
                 tokio::spawn(follow_hierarchy(Arc::downgrade(&node), c.hierarchies()));
+                tokio::spawn(follow_placement(Arc::downgrade(&node), c.lives()));
                 tokio::spawn(lead(Arc::downgrade(&node), c.leadership()));
+                tokio::spawn(gate_devices(Arc::downgrade(&node)));
             }
             None => node.resume_splits(false).await?,
         }
@@ -339,8 +346,18 @@ impl Node {
             .ok_or(NodeError::NoHierarchy)
     }
 
+    /// The shards this member runs, after each rebuild (cluster members).
+    pub fn shard_watch(&self) -> Option<tokio::sync::watch::Receiver<Vec<u8>>> {
+        self.writes.cluster().map(|_| self.shards.subscribe())
+    }
+
     async fn reload_fleet(&self) -> Result<(), NodeError> {
         let mut slot = self.fleet.write().await;
+        let cluster = self.writes.cluster();
+        let placement = cluster.map(|c| c.placement());
+        if let Some(c) = cluster {
+            c.serve_fleet(None, 0);
+        }
         if let Some(old) = slot.take() {
             old.stop().await;
         }
@@ -351,19 +368,32 @@ impl Node {
             .await
             .map_err(|e| NodeError::Invalid(e.to_string()))??;
         if self.store.hierarchy_len()? == 0 {
+            if let (Some(c), Some(p)) = (cluster, &placement) {
+                c.serve_fleet(None, p.epoch);
+            }
             return Ok(());
         }
         let t = Instant::now();
-        let fleet = Fleet::start_from_store(
+        let fleet = Fleet::start_from_store_linked(
             self.store.clone(),
             self.config.fleet(),
             Arc::new(self.writer.clone()),
             self.devices.clone(),
             self.metrics.clone(),
+            cluster.map(|c| c.remote_link()),
             |done, total| tracing::debug!(done, total, "spawning actors"),
         )
         .await?;
         tracing::info!(nodes = fleet.len(), root = %fleet.root(), ms = t.elapsed().as_millis() as u64, "fleet up");
+        if let (Some(c), Some(p)) = (cluster, &placement) {
+            c.serve_fleet(Some(fleet.clone()), p.epoch);
+            tracing::info!(
+                epoch = p.epoch,
+                shards = p.mine().len(),
+                "this member's shards are loaded"
+            );
+            self.shards.send_replace(p.mine());
+        }
         *slot = Some(fleet);
         Ok(())
     }
@@ -483,18 +513,25 @@ impl Node {
             summary: None,
         };
         self.writes.write(Command::PutDispatch(rec.clone())).await?;
-        self.spawn_split(fleet, rec.order.clone());
+        self.spawn_split(fleet, rec.order.clone(), false);
         Ok((rec, true))
     }
 
-    fn spawn_split(self: &Arc<Self>, fleet: Fleet, order: DispatchOrder) {
+    /// Splits `order` in the background and records the result; with
+    /// `reassert`, every node holding a share is asked for it again first
+    /// (`Fleet::reassert`: after a takeover).
+    fn spawn_split(self: &Arc<Self>, fleet: Fleet, order: DispatchOrder, reassert: bool) {
         let node = self.clone();
         node.splits_running.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let t = Instant::now();
             let id = order.id.clone();
             let order = Arc::new(order);
-            let res = fleet.dispatch(order.clone()).await;
+            let res = if reassert {
+                fleet.reassert(order.clone()).await
+            } else {
+                fleet.dispatch(order.clone()).await
+            };
             node.splits_running.fetch_sub(1, Ordering::Relaxed);
             match res {
                 Ok(out) => {
@@ -569,7 +606,7 @@ impl Node {
                     continue;
                 }
                 tracing::info!(order = %rec.order.id, "resuming split accepted before restart");
-                self.spawn_split(fleet.clone(), rec.order);
+                self.spawn_split(fleet.clone(), rec.order, allocated);
             }
         }
         Ok(())
@@ -725,7 +762,6 @@ async fn lead(node: std::sync::Weak<Node>, mut leads: tokio::sync::watch::Receiv
     loop {
         let now_leading = *leads.borrow_and_update();
         let Some(n) = node.upgrade() else { return };
-        n.devices_active.store(now_leading, Ordering::SeqCst);
         if now_leading {
             tracing::info!("this member leads the cluster: taking over the orders in their window");
             if let Err(e) = n.resume_splits(true).await {
@@ -739,9 +775,90 @@ async fn lead(node: std::sync::Weak<Node>, mut leads: tokio::sync::watch::Receiv
     }
 }
 
+/// Lets this member's DER actors publish only while it acts for its shards
+/// (`Cluster::acting`: it hears from the leader), checked every 100 ms.
+async fn gate_devices(node: std::sync::Weak<Node>) {
+    loop {
+        let Some(n) = node.upgrade() else { return };
+        if let Some(c) = n.writes.cluster() {
+            let acting = c.acting();
+            if n.devices_active.swap(acting, Ordering::SeqCst) != acting {
+                tracing::info!(
+                    acting,
+                    "this member's devices are {}",
+                    if acting {
+                        "in its hands"
+                    } else {
+                        "out of its hands"
+                    }
+                );
+            }
+        }
+        drop(n);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Moves shards when the replicated live set changes: rebuilds this
+/// member's part of the fleet for the new placement; the leader then splits
+/// every order in its window again, once the others have rebuilt too, so
+/// the sites' new owners hold their shares (shares are totals: idempotent).
+async fn follow_placement(
+    node: std::sync::Weak<Node>,
+    mut lives: tokio::sync::watch::Receiver<u64>,
+) {
+    // The leader's re-split after a move waits for the others' rebuilds; a
+    // newer move replaces it.
+    let mut resplit: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        let Some(n) = node.upgrade() else { return };
+        if let Some(c) = n.writes.cluster().cloned() {
+            match c.refresh_placement() {
+                Ok(Some(p)) => {
+                    let t = Instant::now();
+                    tracing::info!(epoch = p.epoch, live = ?p.live, "placement changed: rebuilding this member's part of the fleet");
+                    if let Some(r) = resplit.take() {
+                        r.abort();
+                    }
+                    if let Err(e) = n.reload_fleet().await {
+                        tracing::error!(error = %e, "rebuilding the fleet for the new placement failed");
+                    }
+                    tracing::info!(
+                        epoch = p.epoch,
+                        ms = t.elapsed().as_millis() as u64,
+                        "shards moved here"
+                    );
+                    if c.is_leader() {
+                        let n = n.clone();
+                        let patience = std::time::Duration::from_millis(n.config.cluster.detect_ms);
+                        resplit = Some(tokio::spawn(async move {
+                            let behind = c.wait_members_at(p.epoch, patience).await;
+                            if !behind.is_empty() {
+                                tracing::warn!(
+                                    ?behind,
+                                    "members still rebuilding; splitting anyway"
+                                );
+                            }
+                            if let Err(e) = n.resume_splits(true).await {
+                                tracing::error!(error = %e, "re-splitting after the shards moved failed");
+                            }
+                        }));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "reading the live members failed"),
+            }
+        }
+        drop(n);
+        if lives.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A device link that passes documents on only while `open` (a cluster
-/// member's DER actors stay silent unless it leads, so a follower never
-/// overwrites the leader's retained desired documents).
+/// member stays silent about its shards while it does not hear from the
+/// leader, so two members never both publish for one site for long).
 struct Gated {
     inner: Arc<dyn DeviceLink>,
     open: Arc<std::sync::atomic::AtomicBool>,

@@ -7,6 +7,10 @@
 //!        → Node::open_with(DesiredOut over the session)   (fleet from sled)
 //!        → ingest pump (device messages → fleet), API server
 //! ```
+//!
+//! A cluster member's main session only publishes; a second session
+//! subscribes to the topics of the shards the member runs, and is replaced
+//! (new filters) each time its shards change (`ingest_shards`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -79,13 +83,17 @@ pub async fn start(config: NodeConfig, opts: &ServeOptions) -> Result<Running> {
         }
         BrokerChoice::External(url) => (BrokerTarget::External(url.clone()), None, url.to_string()),
     };
-    let (publisher, events) = MqttSession::connect(
-        target,
-        &config.mqtt_client_id(),
-        vpp_protocol::topic::runtime_filters(),
-    )
-    .await
-    .context("connecting to the MQTT broker")?;
+    let clustered = !config.cluster.node.is_empty();
+    let client_id = config.mqtt_client_id();
+    // A cluster member subscribes per shard, in its ingest session.
+    let filters = if clustered {
+        Vec::new()
+    } else {
+        vpp_protocol::topic::runtime_filters()
+    };
+    let (publisher, events) = MqttSession::connect(target.clone(), &client_id, filters)
+        .await
+        .context("connecting to the MQTT broker")?;
     let stats = Arc::new(IngestStats::default());
     let notices = publisher.clone();
     let out = DesiredOut::new(
@@ -131,7 +139,14 @@ pub async fn start(config: NodeConfig, opts: &ServeOptions) -> Result<Running> {
     if let Some(c) = node.writes().cluster() {
         c.set_api(crate::api::router(node.clone()));
     }
-    let pump_task = tokio::spawn(pump(node.clone(), events));
+    let pump_task = match node.shard_watch() {
+        None => tokio::spawn(pump(node.clone(), events)),
+        Some(shards) => {
+            // The publishing session's events: only (re)connections matter.
+            tokio::spawn(pump(node.clone(), events));
+            tokio::spawn(ingest_shards(node.clone(), target, client_id, shards))
+        }
+    };
 
     let api_url = format!("http://{api}");
     let info = serde_json::json!({ "api": api_url, "mqtt": mqtt, "pid": std::process::id() });
@@ -150,6 +165,46 @@ pub async fn start(config: NodeConfig, opts: &ServeOptions) -> Result<Running> {
         api_task,
         pump_task,
     })
+}
+
+/// A cluster member's device messages: one session subscribed to the
+/// topics of the shards it runs, replaced by a new one (new client id, new
+/// filters) each time they change; the old one is dropped once the new one
+/// is up. Its `Connected` event republishes desired documents, so a member
+/// that takes shards over sends their devices its documents at once.
+async fn ingest_shards(
+    node: Arc<Node>,
+    target: BrokerTarget,
+    client_id: String,
+    mut shards: tokio::sync::watch::Receiver<Vec<u8>>,
+) {
+    let mut current: Option<(crate::mqtt::MqttPublisher, JoinHandle<()>)> = None;
+    let mut generation = 0u64;
+    loop {
+        let mine = shards.borrow_and_update().clone();
+        let filters: Vec<String> = mine
+            .iter()
+            .flat_map(|s| vpp_protocol::topic::shard_filters(*s))
+            .collect();
+        generation += 1;
+        let id = format!("{client_id}-in{generation}");
+        match MqttSession::connect(target.clone(), &id, filters).await {
+            Ok((publisher, events)) => {
+                let pump_task = tokio::spawn(pump(node.clone(), events));
+                if let Some((_, old)) = current.replace((publisher, pump_task)) {
+                    old.abort();
+                }
+                tracing::info!(shards = mine.len(), client_id = %id, "subscribed to this member's shards");
+            }
+            Err(e) => tracing::error!(error = %e, "subscribing to this member's shards failed"),
+        }
+        if shards.changed().await.is_err() {
+            break;
+        }
+    }
+    if let Some((_, t)) = current {
+        t.abort();
+    }
 }
 
 /// Imports `path` when the store holds no hierarchy yet (or always with
@@ -175,6 +230,13 @@ impl Running {
     /// cluster member that leads hands leadership over first.
     pub async fn stop(mut self) {
         if let Some(c) = self.node.writes().cluster() {
+            // Shards first (the others must run them before this one goes),
+            // then leadership.
+            if c.hand_shards_over(std::time::Duration::from_secs(10)).await {
+                println!("draining: this member's shards moved to the others");
+            } else {
+                println!("draining: the shards did not move in 10 s; the others take them after cluster.detect_ms");
+            }
             match c.drain().await {
                 Some(leader) => println!("draining: {leader} leads the cluster now"),
                 None => println!(

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::mosquitto::free_port;
+use common::mosquitto::{free_port, free_port_pair};
 use common::{eventually, request_as, small_toml};
 use serde_json::{json, Value};
 
@@ -96,7 +96,7 @@ impl Drop for Member {
 
 fn cluster(root: &Path) -> Vec<Member> {
     let names = ["n1", "n2", "n3"];
-    let rpc: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let rpc: Vec<u16> = names.iter().map(|_| free_port_pair()).collect();
     let members = names
         .iter()
         .zip(&rpc)
@@ -355,6 +355,11 @@ fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
     make_account(&m[1], &token, "acct-before-drain");
     let old = leader(&m, &token);
     let i = m.iter().position(|x| x.name == old).unwrap();
+    // Every member runs shards to begin with.
+    let (_, v) = m[i].get(&token, "/api/v1/cluster");
+    for x in v["members"].as_array().unwrap() {
+        assert!(x["shards"].as_u64().unwrap() > 0, "{v}");
+    }
     let mut child = m[i].child.take().unwrap();
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -383,8 +388,26 @@ fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
         printed.contains(&format!("draining: {} leads the cluster now", leads[0])),
         "{printed}"
     );
-    // And nothing was lost: the survivors take writes and hold the old ones.
+    // Its shards moved before it exited: the survivors run all 256.
+    assert!(
+        printed.contains("draining: this member's shards moved to the others"),
+        "{printed}"
+    );
     let j = m.iter().position(|x| x.name == leads[0]).unwrap();
+    let (_, v) = m[j].get(&token, "/api/v1/cluster");
+    let shards = |name: &str| {
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .map(|x| x["shards"].as_u64().unwrap())
+            .unwrap()
+    };
+    assert_eq!(shards(&old), 0, "{v}");
+    let total: u64 = m.iter().map(|x| shards(&x.name)).sum();
+    assert_eq!(total, 256, "{v}");
+    // And nothing was lost: the survivors take writes and hold the old ones.
     make_account(&m[j], &token, "acct-after-drain");
     assert!(has_account(&m[j], &token, "acct-before-drain"));
 }

@@ -79,6 +79,26 @@ struct Node {
     c: Container<GenericImage>,
 }
 
+/// On a failure, the last lines each node logged (the containers go with
+/// the test).
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("VPP_TEST_LOGS").is_some() {
+            if let Ok(out) = Command::new("docker")
+                .args(["logs", "--tail", "150", self.c.id()])
+                .output()
+            {
+                eprintln!(
+                    "--- {} ---\n{}{}",
+                    self.name,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}
+
 impl Node {
     fn get(&self, token: &str, path: &str) -> (u16, Value) {
         request_as(Some(token), "GET", &format!("{}{path}", self.api), None)
@@ -179,7 +199,7 @@ fn three_nodes_in_containers_lose_nothing_to_a_kill_or_a_partition() {
                 .with_env_var("VPP_CLUSTER_MEMBERS", &members)
                 .with_env_var("VPP_CLUSTER_LISTEN", "0.0.0.0:7070")
                 .with_env_var("VPP_CLUSTER_COOKIE", COOKIE)
-                .with_env_var("VPP_LOG", "warn")
+                .with_env_var("VPP_LOG", "info,openraft=off,ractor_cluster=error")
                 .start()
                 .expect("node container");
             let port = c.get_host_port_ipv4(8080).expect("mapped API port");
@@ -262,6 +282,46 @@ fn three_nodes_in_containers_lose_nothing_to_a_kill_or_a_partition() {
         assert_eq!(o, total, "{} sees another fleet", n.name);
     }
 
+    // Shards: all 256 owned, each member runs some, every member agrees.
+    let shards_of = |n: &Node| -> Option<(u64, Vec<(String, u64)>)> {
+        let (s, v) = n.get(&token, "/api/v1/cluster");
+        if s != 200 || v["fleet_epoch"] != v["placement_epoch"] {
+            return None;
+        }
+        let per = v["members"]
+            .as_array()?
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap().to_string(),
+                    m["shards"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        Some((v["placement_epoch"].as_u64()?, per))
+    };
+    let (epoch, per) = shards_of(&nodes[0]).expect("shard view");
+    assert_eq!(per.iter().map(|(_, k)| k).sum::<u64>(), 256, "{per:?}");
+    assert!(
+        per.iter().all(|(_, k)| *k > 0),
+        "every member runs shards: {per:?}"
+    );
+    for n in &nodes {
+        assert_eq!(shards_of(n).map(|x| x.0), Some(epoch), "{} agrees", n.name);
+    }
+    let published = |n: &Node| -> u64 {
+        let out = ureq::get(format!("{}/metrics", n.api))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default();
+        out.lines()
+            .find(|l| l.starts_with("vpp_mqtt_desired_sent_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let before: Vec<u64> = nodes.iter().map(published).collect();
+
     // A dispatch through a follower; then the leader is SIGKILLed at once.
     let order = json!({"id": "c-1", "target": root, "direction": "up",
         "power_kw": 20.0, "duration_s": 900});
@@ -284,12 +344,47 @@ fn three_nodes_in_containers_lose_nothing_to_a_kill_or_a_partition() {
         let r = &v["envelope"]["response"];
         (s == 200 && r["acked_kw"].as_f64().unwrap_or(0.0) >= 20.0 - 1e-6).then(|| r.clone())
     };
-    let r = eventually(40, || acked(survivors[0]));
+    // The survivors take the killed member's shards over.
+    eventually(30, || {
+        survivors
+            .iter()
+            .all(|n| {
+                shards_of(n).is_some_and(|(e, per)| {
+                    e > epoch && per.iter().all(|(m, k)| (m == &lead) == (*k == 0))
+                })
+            })
+            .then_some(())
+    });
+    let shards_moved = killed_at.elapsed();
+    let mut last_seen = Instant::now();
+    let r = eventually(40, || {
+        let r = acked(survivors[0]);
+        if r.is_none() && last_seen.elapsed().as_secs() >= 5 {
+            last_seen = Instant::now();
+            let (_, v) = survivors[0].get(&token, &format!("/api/v1/nodes/{root}/capacity"));
+            eprintln!("waiting for acks: {}", v["envelope"]["response"]);
+        }
+        r
+    });
     println!(
-        "takeover: {new} leads {:.1} s after SIGKILL of {lead}; devices acked {} kW of the order {:.1} s after",
+        "takeover: {new} leads {:.1} s after SIGKILL of {lead}; its shards run on the survivors {:.1} s after; devices acked {} kW of the order {:.1} s after",
         takeover.as_secs_f64(),
+        shards_moved.as_secs_f64(),
         r["acked_kw"],
         killed_at.elapsed().as_secs_f64()
+    );
+    // The order reached devices through members other than the one it was
+    // sent to: desired documents went out from at least two members.
+    let sent: Vec<u64> = survivors
+        .iter()
+        .map(|n| {
+            let i = nodes.iter().position(|x| x.name == n.name).unwrap();
+            published(n).saturating_sub(before[i])
+        })
+        .collect();
+    assert!(
+        sent.iter().all(|k| *k > 0),
+        "every survivor published desired documents: {sent:?}"
     );
     for n in &survivors {
         let (s, v) = n.get(&token, "/api/v1/dispatches/c-1");
@@ -320,6 +415,31 @@ fn three_nodes_in_containers_lose_nothing_to_a_kill_or_a_partition() {
     let cut = survivors.iter().find(|n| n.name != new).unwrap();
     let other = survivors.iter().find(|n| n.name == new).unwrap();
     docker(&["network", "disconnect", &net, cut.c.id()]);
+    let cut_at = Instant::now();
+    // The cut-off member stops acting for its shards within the detection
+    // window, and the majority takes them over.
+    let status_in = |n: &Node| -> Option<Value> {
+        let (ok, out) = exec_vpp(n, &token, &["cluster", "status", "--json"]);
+        ok.then(|| serde_json::from_str(&out).ok()).flatten()
+    };
+    eventually(20, || {
+        status_in(cut).filter(|v| v["acting"] == false).map(|_| ())
+    });
+    let quiet = cut_at.elapsed();
+    eventually(20, || {
+        shards_of(other).filter(|(_, per)| per.iter().all(|(m, k)| (m == &cut.name) == (*k == 0)))
+    });
+    let moved = cut_at.elapsed();
+    println!(
+        "partition: {} stopped acting {:.1} s after the cut; the majority ran its shards {:.1} s after",
+        cut.name,
+        quiet.as_secs_f64(),
+        moved.as_secs_f64()
+    );
+    assert!(
+        quiet.as_secs_f64() < 3.0 + 2.5,
+        "the cut-off member kept acting for {quiet:?} (detection window 3 s)"
+    );
     let body = json!({"id": "acct-majority", "name": "m", "role": "participant"});
     let (s, v) = other.send(
         &token,
@@ -373,6 +493,10 @@ fn three_nodes_in_containers_lose_nothing_to_a_kill_or_a_partition() {
                 .into_bytes(),
         );
         (s == 201 || s == 409).then_some(())
+    });
+    // Healed, the member runs shards again.
+    eventually(30, || {
+        shards_of(other).filter(|(_, per)| per.iter().all(|(_, k)| *k > 0))
     });
     // Nothing acknowledged was lost anywhere.
     assert_eq!(other.get(&token, "/api/v1/dispatches/c-1").0, 200);

@@ -33,6 +33,9 @@ use crate::error::StoreError;
 use crate::registry::Change;
 use crate::store::Store;
 
+/// Key of the live members in `raft_meta` ([`Store::set_live`]).
+const LIVE_KEY: &[u8] = b"live";
+
 /// Key of the last applied command's position in `raft_meta`.
 pub(crate) const APPLIED_KEY: &[u8] = b"applied";
 
@@ -71,6 +74,14 @@ pub enum Command {
     },
     /// [`Store::put_meter`]: intervals closed from telemetry.
     PutMeter(Vec<(NodeId, u64, i64)>),
+    /// [`Store::set_live`]: the members that own shards, as the leader sees
+    /// them (the cluster's shard placement follows from it).
+    SetLive {
+        /// Grows with every change.
+        epoch: u64,
+        /// Member names.
+        members: Vec<String>,
+    },
 }
 
 impl Command {
@@ -83,6 +94,7 @@ impl Command {
             Command::AppendLedger { .. } => "append_ledger",
             Command::ImportMeter { .. } => "import_meter",
             Command::PutMeter(_) => "put_meter",
+            Command::SetLive { .. } => "set_live",
         }
     }
 }
@@ -130,6 +142,9 @@ impl Store {
                 .import_meter_at(readings, draft.clone(), *at_ms, mark)
                 .map(|e| Applied::Ledger(Box::new(e))),
             Command::PutMeter(readings) => self.put_meter(readings).map(|()| Applied::Done),
+            Command::SetLive { epoch, members } => {
+                self.set_live(*epoch, members).map(|()| Applied::Done)
+            }
         };
         let applied = match res {
             Ok(a) => a,
@@ -141,6 +156,21 @@ impl Store {
             self.inner.raft_meta.insert(APPLIED_KEY, m)?;
         }
         Ok(applied)
+    }
+
+    /// Records which members own shards (epoch, names). Not flushed.
+    pub fn set_live(&self, epoch: u64, members: &[String]) -> Result<(), StoreError> {
+        let v = crate::codec::encode("live members", &(epoch, members.to_vec()))?;
+        self.inner.raft_meta.insert(LIVE_KEY, v)?;
+        Ok(())
+    }
+
+    /// The members that own shards, as last replicated: `(epoch, names)`.
+    pub fn live(&self) -> Result<Option<(u64, Vec<String>)>, StoreError> {
+        match self.inner.raft_meta.get(LIVE_KEY)? {
+            Some(v) => Ok(Some(crate::codec::decode("raft_meta", LIVE_KEY, &v)?)),
+            None => Ok(None),
+        }
     }
 
     /// Records `mark` alone (an entry with no command, e.g. a membership

@@ -11,10 +11,11 @@ use vpp_domain::split::{resplit, Candidate};
 use vpp_domain::{DispatchId, DispatchOrder, NodeAllocation, NodeKind, Refusal};
 
 use super::{Aggregate, Alloc, Parent, Target};
+use crate::build::FleetCtx;
 use crate::messages::{settle, AggregateMsg, DispatchOutcome, DispatchShare};
 use crate::metrics::Metrics;
 use crate::now_ms;
-use crate::remote::{call_until, RemoteCall, RemoteCast, RemoteLink, RemoteReply};
+use crate::remote::{call_until, RemoteCall, RemoteCast, RemoteReply};
 
 /// What a child lost of its share, as reported to its parent.
 pub(crate) enum Loss {
@@ -28,59 +29,62 @@ pub(crate) enum Loss {
 /// `order`, answering by `deadline`.
 async fn ask(
     child: Target,
-    link: Option<Arc<dyn RemoteLink>>,
+    ctx: Arc<FleetCtx>,
     order: Arc<DispatchOrder>,
     share_w: u64,
     deadline: Instant,
+    reassert: bool,
 ) -> Result<DispatchOutcome, String> {
     let now = Instant::now();
     let timeout = deadline.saturating_duration_since(now);
     // Give the child's own children a smaller window than ours, so that a
     // silent grandchild is detected below us before we give up on the child.
     let inner = timeout.mul_f32(0.75);
-    match (child, link) {
-        (Target::Local(a), _) => {
+    match child {
+        Target::Local(a) => {
             let share = DispatchShare {
                 order,
                 share_w,
                 deadline: now + inner,
+                reassert,
             };
             settle(
                 a.call(|rp| AggregateMsg::Dispatch(share, rp), Some(timeout))
                     .await,
             )
         }
-        (Target::Remote(id, kind), Some(link)) => {
+        Target::Remote(id, kind) => {
             let call = RemoteCall::Dispatch {
                 to: id.clone(),
                 order: (*order).clone(),
                 share_w,
                 timeout_ms: inner.as_millis() as u64,
+                reassert,
             };
-            match call_until(&*link, (&id, kind), call, timeout).await? {
+            match call_until(&ctx, (&id, kind), call, timeout).await? {
                 RemoteReply::Outcome(o) => Ok(o),
                 other => Err(format!("{id} answered {other:?}")),
             }
         }
-        _ => Err("child actor is down".into()),
+        Target::Down => Err("child actor is down".into()),
     }
 }
 
 /// Withdraws `id` from a child without waiting for it.
-fn withdraw(child: Target, link: Option<Arc<dyn RemoteLink>>, id: DispatchId, timeout: Duration) {
-    match (child, link) {
-        (Target::Local(a), _) => {
+fn withdraw(child: Target, ctx: Arc<FleetCtx>, id: DispatchId, timeout: Duration) {
+    match child {
+        Target::Local(a) => {
             let _ = a.cast(AggregateMsg::Cancel(id, None));
         }
-        (Target::Remote(to, kind), Some(link)) => {
+        Target::Remote(to, kind) => {
             tokio::spawn(async move {
                 let call = RemoteCall::Cancel { to: to.clone(), id };
-                if let Err(e) = call_until(&*link, (&to, kind), call, timeout).await {
+                if let Err(e) = call_until(&ctx, (&to, kind), call, timeout).await {
                     tracing::warn!(node = %to, error = %e, "withdrawing a share failed");
                 }
             });
         }
-        _ => {}
+        Target::Down => {}
     }
 }
 
@@ -132,28 +136,42 @@ impl Aggregate {
         let mut refused = std::mem::take(&mut alloc.refused);
         let mut rounds = 0u32;
         let mut withdrawn: Vec<usize> = Vec::new();
+        // A reassert first asks every holder for what it holds (no new
+        // placement), then places the gap as usual.
+        let mut confirming = share.reassert;
         loop {
             let placed: u64 = alloc.shares.iter().sum();
             let gap = share.share_w.saturating_sub(placed);
-            if gap == 0 {
-                break;
-            }
-            let extra = resplit(gap, &candidates, &alloc.shares, &refused, self.strategy);
-            let asks: Vec<usize> = (0..n).filter(|&i| extra.allocations[i] > 0).collect();
+            let (asks, extra): (Vec<usize>, Vec<u64>) = if confirming {
+                let holders = (0..n).filter(|&i| alloc.shares[i] > 0).collect();
+                (holders, vec![0; n])
+            } else {
+                if gap == 0 {
+                    break;
+                }
+                let extra =
+                    resplit(gap, &candidates, &alloc.shares, &refused, self.strategy).allocations;
+                ((0..n).filter(|&i| extra[i] > 0).collect(), extra)
+            };
+            let confirm_round = std::mem::take(&mut confirming);
             if asks.is_empty() {
+                if confirm_round {
+                    continue;
+                }
                 break;
             }
-            if rounds > 0 {
+            if rounds > 0 && !confirm_round {
                 Metrics::inc(&self.ctx.metrics.resplits);
             }
             let answers: Vec<Result<DispatchOutcome, String>> = if self.ders.is_empty() {
                 let futs = asks.iter().map(|&i| {
                     ask(
                         self.target(i),
-                        self.ctx.remote.clone(),
+                        self.ctx.clone(),
                         order.clone(),
-                        alloc.shares[i] + extra.allocations[i],
+                        alloc.shares[i] + extra[i],
                         share.deadline,
+                        share.reassert,
                     )
                 });
                 futures::future::join_all(futs).await
@@ -162,7 +180,7 @@ impl Aggregate {
                 let now = now_ms();
                 let mut out = Vec::with_capacity(asks.len());
                 for &i in &asks {
-                    let want = alloc.shares[i] + extra.allocations[i];
+                    let want = alloc.shares[i] + extra[i];
                     let available = self.children[i].env.available_w(order.direction);
                     out.push(self.with_der(myself, i, |d, ctx| {
                         d.expire(now);
@@ -176,7 +194,7 @@ impl Aggregate {
             };
             let now = now_ms();
             for (&i, answer) in asks.iter().zip(answers) {
-                let asked = alloc.shares[i] + extra.allocations[i];
+                let asked = alloc.shares[i] + extra[i];
                 let child = &mut self.children[i];
                 child.last_dispatched_ms = Some(now);
                 match answer {
@@ -212,12 +230,10 @@ impl Aggregate {
             // withdraw it.
             for i in withdrawn.drain(..) {
                 let timeout = self.ctx.config.dispatch_timeout;
-                withdraw(
-                    self.target(i),
-                    self.ctx.remote.clone(),
-                    order.id.clone(),
-                    timeout,
-                );
+                withdraw(self.target(i), self.ctx.clone(), order.id.clone(), timeout);
+            }
+            if confirm_round {
+                continue;
             }
             if rounds >= self.ctx.config.max_resplits {
                 break;
@@ -362,6 +378,7 @@ impl Aggregate {
             order: alloc.order.clone(),
             share_w: before,
             deadline: Instant::now() + self.ctx.config.dispatch_timeout,
+            reassert: false,
         };
         let out = self.dispatch(myself, share).await;
         if let Some(a) = self.allocs.get_mut(id) {

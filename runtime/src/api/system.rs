@@ -31,21 +31,29 @@ pub(crate) async fn live() -> Json<Value> {
 }
 
 /// `GET /api/v1/health/ready`: 200 when this node can serve: always for a
-/// single node; in a cluster once a leader is known. 503 otherwise.
+/// single node; in a cluster once a leader is known and this member's part
+/// of the fleet is built for the placement in force (its shards are
+/// loaded). 503 otherwise, saying why.
 pub(crate) async fn ready(State(node): State<AppState>) -> (axum::http::StatusCode, Json<Value>) {
     use axum::http::StatusCode;
-    match node.writes().cluster() {
-        None => (StatusCode::OK, Json(json!({ "status": "ready" }))),
-        Some(c) if c.ready() => (StatusCode::OK, Json(json!({ "status": "ready" }))),
-        Some(c) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
-                "status": "not_ready",
-                "reason": "no cluster leader known yet",
-                "cluster": c.status(),
-            })),
-        ),
-    }
+    let Some(c) = node.writes().cluster() else {
+        return (StatusCode::OK, Json(json!({ "status": "ready" })));
+    };
+    let reason = if !c.ready() {
+        "no cluster leader known yet"
+    } else if !c.shards_loaded() {
+        "this member's shards are still being loaded"
+    } else {
+        return (StatusCode::OK, Json(json!({ "status": "ready" })));
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "status": "not_ready",
+            "reason": reason,
+            "cluster": c.status(),
+        })),
+    )
 }
 
 /// `GET /api/v1/cluster` (operators): members, roles, log positions, lag.

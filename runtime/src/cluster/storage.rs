@@ -196,10 +196,16 @@ pub(super) struct StateMachine {
     mark: Mark,
     /// Counts hierarchy replacements applied, so the node rebuilds its fleet.
     hierarchies: watch::Sender<u64>,
+    /// Counts live-member changes applied, so shards move.
+    lives: watch::Sender<u64>,
 }
 
 impl StateMachine {
-    pub(super) fn open(store: Store, hierarchies: watch::Sender<u64>) -> anyhow::Result<Self> {
+    pub(super) fn open(
+        store: Store,
+        hierarchies: watch::Sender<u64>,
+        lives: watch::Sender<u64>,
+    ) -> anyhow::Result<Self> {
         let mark = match store.applied_mark()? {
             Some(b) => postcard::from_bytes(&b)
                 .map_err(|e| anyhow::anyhow!("raft_meta/applied is unreadable: {e}"))?,
@@ -209,6 +215,7 @@ impl StateMachine {
             store,
             mark,
             hierarchies,
+            lives,
         })
     }
 }
@@ -243,6 +250,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let res = tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(entries.len());
             let mut hierarchies = 0u64;
+            let mut lives = 0u64;
             for e in entries {
                 let already = mark.applied.is_some_and(|a| a.index >= e.log_id.index);
                 mark.applied = Some(e.log_id);
@@ -255,8 +263,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     // without writing twice.
                     EntryPayload::Normal(_) if already => Applied::Done,
                     EntryPayload::Normal(cmd) => {
-                        if matches!(cmd, Command::ReplaceHierarchy(_)) {
-                            hierarchies += 1;
+                        match cmd {
+                            Command::ReplaceHierarchy(_) => hierarchies += 1,
+                            Command::SetLive { .. } => lives += 1,
+                            _ => {}
                         }
                         store
                             .apply(cmd, Some(&bytes))
@@ -274,15 +284,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             store
                 .flush()
                 .map_err(|x| (mark.applied.unwrap_or_default(), io(x)))?;
-            Ok::<_, (LogId<u64>, AnyError)>((out, mark, hierarchies))
+            Ok::<_, (LogId<u64>, AnyError)>((out, mark, hierarchies, lives))
         })
         .await
         .map_err(|e| StorageIOError::write_state_machine(io(e)))?;
         match res {
-            Ok((out, mark, hierarchies)) => {
+            Ok((out, mark, hierarchies, lives)) => {
                 self.mark = mark;
                 if hierarchies > 0 {
                     self.hierarchies.send_modify(|n| *n += hierarchies);
+                }
+                if lives > 0 {
+                    self.lives.send_modify(|n| *n += lives);
                 }
                 Ok(out)
             }
@@ -295,6 +308,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             store: self.store.clone(),
             mark: self.mark.clone(),
             hierarchies: self.hierarchies.clone(),
+            lives: self.lives.clone(),
         }
     }
 

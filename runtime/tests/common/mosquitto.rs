@@ -136,6 +136,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port `p` such that `p` and `p + 1` are both free (a cluster member's
+/// RPC port; its actor mesh listens on the next one up).
+pub fn free_port_pair() -> u16 {
+    loop {
+        let a = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let p = a.local_addr().expect("its address").port();
+        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
 fn find_binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
