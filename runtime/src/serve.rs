@@ -84,6 +84,14 @@ pub async fn start(config: NodeConfig, opts: &ServeOptions) -> Result<Running> {
         BrokerChoice::External(url) => (BrokerTarget::External(url.clone()), None, url.to_string()),
     };
     let clustered = !config.cluster.node.is_empty();
+    if clustered && matches!(config.mqtt.broker, BrokerChoice::Embedded) {
+        // Each member subscribes to its own shards' topics: every member must
+        // see every device, so all must use one broker.
+        println!(
+            "note: cluster member with its own embedded broker at {}: the other members and every device must use this broker too (--broker mqtt://…), or all use one external broker",
+            config.mqtt.listen
+        );
+    }
     let client_id = config.mqtt_client_id();
     // A cluster member subscribes per shard, in its ingest session.
     let filters = if clustered {
