@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, five_levels as hierarchy, id};
+use common::{eventually, five_levels as hierarchy, id, order};
 use vpp_actors::{Fleet, FleetConfig, Metrics, NullJournal};
 use vpp_domain::split::{split, Candidate};
 use vpp_domain::{
@@ -36,19 +36,6 @@ async fn start(h: Hierarchy, rollup: Duration) -> Fleet {
     )
     .await
     .expect("fleet starts")
-}
-
-fn order(id_: &str, target: &str, power_w: u64) -> Arc<DispatchOrder> {
-    Arc::new(DispatchOrder {
-        id: DispatchId::new(id_).unwrap(),
-        target: id(target),
-        direction: Direction::Up,
-        power_w,
-        start_ms: vpp_actors::now_ms(),
-        duration_s: 3600,
-        ramp_w_per_min: None,
-        created_ms: vpp_actors::now_ms(),
-    })
 }
 
 /// The split the pure math predicts for `power_w` at `node`, down to DERs.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use common::{eventually, five_levels, id};
+use common::{eventually, five_levels, id, order};
 use futures::future::BoxFuture;
 use vpp_actors::{
     Fleet, FleetConfig, Metrics, NoDevices, NullJournal, RemoteCall, RemoteCast, RemoteLink,
@@ -137,19 +137,6 @@ async fn spread(h: &Hierarchy) -> Spread {
     }
 }
 
-fn order(id_: &str, power_w: u64) -> Arc<DispatchOrder> {
-    Arc::new(DispatchOrder {
-        id: DispatchId::new(id_).unwrap(),
-        target: id("root"),
-        direction: Direction::Up,
-        power_w,
-        start_ms: vpp_actors::now_ms(),
-        duration_s: 3600,
-        ramp_w_per_min: None,
-        created_ms: vpp_actors::now_ms(),
-    })
-}
-
 /// Every DER's setpoint for `order`, as seen through `fleet`.
 async fn setpoints(fleet: &Fleet, h: &Hierarchy, order: &str) -> Vec<(NodeId, u64)> {
     let mut out = Vec::new();
@@ -230,7 +217,7 @@ async fn a_spread_fleet_rolls_up_splits_and_cancels_like_one_fleet() {
 
     // Dispatch at the root: the same split as one fleet, DERs on every member.
     let calls_before = s.calls.load(Ordering::SeqCst);
-    let o = order("spread-1", 40_000);
+    let o = order("spread-1", "root", 40_000);
     let out_one = one.dispatch(o.clone()).await.unwrap();
     let out = s.fleets[0].dispatch(o.clone()).await.unwrap();
     assert_eq!(out.accepted_w, 40_000);

@@ -3,7 +3,43 @@
 
 pub mod node_api;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The `p` quantile (0..=1) of sorted latencies (nearest rank).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Polls `f` every 50 ms until it gives a value; an error naming `what`
+/// after `secs`.
+pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            anyhow::bail!("{what}: not within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A loopback port `p` with `p + 1` free too (a cluster member's RPC port;
+/// its actor mesh takes the next one up).
+pub fn free_port_pair() -> anyhow::Result<u16> {
+    loop {
+        let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let p = a.local_addr()?.port();
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return Ok(p);
+        }
+    }
+}
 
 /// Resident set size of this process, bytes (Linux; 0 elsewhere).
 pub fn rss_bytes() -> u64 {

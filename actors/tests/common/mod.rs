@@ -2,11 +2,12 @@
 
 #![allow(dead_code)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use vpp_domain::{
-    DerKind, DerRating, DerSpec, Hierarchy, Location, NodeId, Segment, SiteSpec, Strategy,
-    VirtualDerSpec,
+    DerKind, DerRating, DerSpec, Direction, DispatchId, DispatchOrder, Hierarchy, Location, NodeId,
+    Segment, SiteSpec, Strategy, VirtualDerSpec,
 };
 
 pub fn id(s: &str) -> NodeId {
@@ -89,4 +90,18 @@ pub fn five_levels(strategy: Strategy) -> Hierarchy {
         }
     }
     h
+}
+
+/// An hour-long upward order of `power_w` at `target`, starting now.
+pub fn order(id_: &str, target: &str, power_w: u64) -> Arc<DispatchOrder> {
+    Arc::new(DispatchOrder {
+        id: DispatchId::new(id_).unwrap(),
+        target: id(target),
+        direction: Direction::Up,
+        power_w,
+        start_ms: vpp_actors::now_ms(),
+        duration_s: 3600,
+        ramp_w_per_min: None,
+        created_ms: vpp_actors::now_ms(),
+    })
 }

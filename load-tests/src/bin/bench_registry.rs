@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde_json::json;
+use vpp_load_tests::{free_port_pair, percentile, wait_for as wait};
 use vpp_runtime::client::Client;
 
 #[derive(Parser)]
@@ -45,22 +46,12 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> Result<T> {
-    let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > end {
-            bail!("{what}: not within {secs} s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn start(vpp: &Path, root: &Path) -> Result<Vec<Member>> {
     let names = ["b1", "b2", "b3"];
-    let rpc: Vec<u16> = names.iter().map(|_| free_port()).collect::<Result<_>>()?;
+    let rpc: Vec<u16> = names
+        .iter()
+        .map(|_| free_port_pair())
+        .collect::<Result<_>>()?;
     let members = names
         .iter()
         .zip(&rpc)
@@ -92,11 +83,6 @@ fn start(vpp: &Path, root: &Path) -> Result<Vec<Member>> {
             })
         })
         .collect()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn main() -> Result<()> {
