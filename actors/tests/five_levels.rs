@@ -15,7 +15,7 @@ use common::{eventually, five_levels as hierarchy, id, order};
 use vpp_actors::{Fleet, FleetConfig, Metrics, NullJournal};
 use vpp_domain::split::{split, Candidate};
 use vpp_domain::{
-    DerKind, DerRating, DerState, Direction, DispatchId, DispatchOrder, Hierarchy, NodeId, Strategy,
+    DerKind, DerRating, DerState, Direction, DispatchId, Hierarchy, NodeId, Strategy,
 };
 
 fn config(rollup: Duration) -> FleetConfig {

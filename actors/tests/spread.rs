@@ -19,7 +19,7 @@ use vpp_actors::{
     Fleet, FleetConfig, Metrics, NoDevices, NullJournal, RemoteCall, RemoteCast, RemoteLink,
     RemoteReply,
 };
-use vpp_domain::{Direction, DispatchId, DispatchOrder, Hierarchy, NodeId, NodeKind, Strategy};
+use vpp_domain::{Direction, Hierarchy, NodeId, NodeKind, Strategy};
 
 const MEMBERS: usize = 3;
 

@@ -311,6 +311,9 @@ impl Cluster {
                 listen: mesh_listen,
                 peers,
                 cookie: cfg.cookie.clone(),
+                // A member starved of CPU for a moment keeps its session;
+                // losing a member is the leader's call (`detect_ms`).
+                heartbeat_timeout: Duration::from_millis(cfg.detect_ms),
             },
             Arc::new(shards::Region {
                 shared: shared.clone(),
@@ -788,7 +791,9 @@ async fn watch_members(cluster: std::sync::Weak<Cluster>) {
         let pings = others.iter().map(|m| {
             let c = c.clone();
             let me = me.clone();
-            async move { shards::ping(&c.mesh, &me, m, Duration::from_millis(1000)).await }
+            // Answer within a third of the window, so a few pings fit in it.
+            let timeout = Duration::from_millis((c.detect_ms / 3).max(1000));
+            async move { shards::ping(&c.mesh, &me, m, timeout).await }
         });
         let answers = futures::future::join_all(pings).await;
         let now = vpp_actors::now_ms();

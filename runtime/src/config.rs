@@ -377,6 +377,12 @@ impl NodeConfig {
         if let Some(v) = env.get("VPP_CLUSTER_COOKIE") {
             self.cluster.cookie = v.clone();
         }
+        if let Some(v) = env.get("VPP_CLUSTER_DETECT_MS") {
+            self.cluster.detect_ms = v.parse().map_err(|_| ConfigError::Invalid {
+                key: "cluster.detect_ms (VPP_CLUSTER_DETECT_MS)",
+                message: format!("{v:?} is not a number of milliseconds"),
+            })?;
+        }
         self.validate()?;
         Ok(self)
     }

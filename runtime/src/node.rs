@@ -392,7 +392,13 @@ impl Node {
                 shards = p.mine().len(),
                 "this member's shards are loaded"
             );
-            self.shards.send_replace(p.mine());
+            // Only a change of shards renews the MQTT subscriptions.
+            let mine = p.mine();
+            self.shards.send_if_modified(|s| {
+                let changed = *s != mine;
+                *s = mine;
+                changed
+            });
         }
         *slot = Some(fleet);
         Ok(())

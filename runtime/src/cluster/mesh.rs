@@ -91,6 +91,9 @@ pub struct MeshConfig {
     pub peers: Vec<(String, String)>,
     /// Shared secret for `ractor_cluster`'s cookie authentication.
     pub cookie: String,
+    /// A peer that answers no heartbeat for this long loses its session
+    /// (it is dialled again). At least [`HEARTBEAT_TIMEOUT`].
+    pub heartbeat_timeout: Duration,
 }
 
 impl std::fmt::Debug for MeshConfig {
@@ -167,6 +170,7 @@ impl Mesh {
             work: JoinSet::new(),
             dialed: HashMap::new(),
             beats: HashMap::new(),
+            heartbeat_timeout: cfg.heartbeat_timeout.max(HEARTBEAT_TIMEOUT),
             unauthenticated: HashMap::new(),
             sessions: HashMap::new(),
         };
@@ -558,6 +562,8 @@ struct Keeper {
     /// Peers dialed recently, and when.
     dialed: HashMap<String, Instant>,
     beats: HashMap<String, Heartbeat>,
+    /// `MeshConfig::heartbeat_timeout`.
+    heartbeat_timeout: Duration,
     /// Sessions not authenticated yet, and when they opened.
     unauthenticated: HashMap<ActorId, (ActorRef<NodeSessionMessage>, Instant)>,
     /// Open sessions by node id (the node id of their remote actors).
@@ -657,9 +663,10 @@ impl Keeper {
             beat.in_flight = true;
             beat.sent = Some(now);
             let peer = peer.clone();
+            let timeout = self.heartbeat_timeout;
             self.work.spawn(async move {
                 let node_id = region.get_id().node();
-                let beat = match call_region(&region, RegionMsg::Ping, HEARTBEAT_TIMEOUT).await {
+                let beat = match call_region(&region, RegionMsg::Ping, timeout).await {
                     Reply::Answer(()) => Beat::Answered,
                     Reply::Late => Beat::Silent,
                     Reply::Dropped | Reply::Unsent => Beat::Lost,
@@ -716,7 +723,7 @@ impl Keeper {
                 if let Beat::Silent = beat {
                     if let Some(session) = self.sessions.get(&node_id) {
                         tracing::warn!(
-                            "mesh peer {peer} did not answer a heartbeat within {HEARTBEAT_TIMEOUT:?}; dropping its session"
+                            "mesh peer {peer} did not answer a heartbeat within {:?}; dropping its session", self.heartbeat_timeout
                         );
                         session.stop(Some("mesh: heartbeat timeout".to_string()));
                     }
@@ -748,6 +755,7 @@ mod tests {
             listen,
             peers: vec![("unit-peer".to_string(), "127.0.0.1:9".to_string())],
             cookie: "cookie".to_string(),
+            heartbeat_timeout: HEARTBEAT_TIMEOUT,
         }
     }
 
