@@ -143,6 +143,8 @@ pub(crate) struct Aggregate {
     pub(crate) desired_pending: bool,
     /// A sweep for silent devices is scheduled.
     sweep_pending: bool,
+    /// `RemoteLink::losses` when the last report went to a remote parent.
+    reported_losses: u64,
     by_actor: HashMap<ActorId, usize>,
     pub(crate) sum: FlexEnvelope,
     reported: FlexEnvelope,
@@ -204,6 +206,7 @@ fn start(a: AggregateArgs) -> Aggregate {
         ders_dirty: false,
         desired_pending: false,
         sweep_pending: false,
+        reported_losses: 0,
         by_actor: HashMap::new(),
         reported: sum.clone(),
         sum,
@@ -327,7 +330,11 @@ impl Aggregate {
                 }
             }
             AggregateMsg::Resend => {
-                self.report_up();
+                // Only if something may have been lost since the last one.
+                let losses = self.ctx.remote.as_ref().map_or(0, |l| l.losses());
+                if losses != self.reported_losses {
+                    self.report_up();
+                }
                 myself.send_after(self.ctx.config.remote_report_interval, || {
                     AggregateMsg::Resend
                 });
@@ -464,7 +471,7 @@ impl Aggregate {
     }
 
     /// Sends the parent the last reported envelope.
-    fn report_up(&self) {
+    fn report_up(&mut self) {
         match &self.parent {
             Some(Parent::Local(parent, idx)) => {
                 let _ = parent.cast(AggregateMsg::ChildReport {
@@ -474,6 +481,7 @@ impl Aggregate {
             }
             Some(Parent::Remote(parent, idx)) => {
                 if let Some(link) = &self.ctx.remote {
+                    self.reported_losses = link.losses();
                     link.cast(
                         NodeKind::VirtualDer,
                         RemoteCast::ChildReport {

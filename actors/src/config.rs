@@ -20,9 +20,9 @@ pub struct FleetConfig {
     /// A DER whose device has sent no telemetry for this long goes offline
     /// and leaves the envelope (only DERs that report telemetry age out).
     pub offline_after: Duration,
-    /// In a cluster, an aggregate whose parent runs on another member sends
-    /// it its envelope again this often (repairs a report lost while the
-    /// members reconnected).
+    /// In a cluster, an aggregate whose parent runs on another member checks
+    /// this often whether the link lost anything since its last report
+    /// (`RemoteLink::losses`: a peer reconnected), and if so sends it again.
     pub remote_report_interval: Duration,
 }
 
@@ -34,7 +34,7 @@ impl Default for FleetConfig {
             max_resplits: 3,
             spawn_parallelism: 4,
             offline_after: Duration::from_secs(60),
-            remote_report_interval: Duration::from_secs(2),
+            remote_report_interval: Duration::from_secs(5),
         }
     }
 }

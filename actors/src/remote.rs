@@ -15,9 +15,9 @@
 //! ```
 //!
 //! Every message is idempotent, so a lost or repeated one does no harm:
-//! reports carry the whole envelope (a child re-sends its last one every
-//! `FleetConfig::remote_report_interval`, so a report lost in a reconnect is
-//! repaired), dispatch shares are totals per order, cancels and refusals name
+//! reports carry the whole envelope (a child checks every
+//! `FleetConfig::remote_report_interval` whether the link lost anything since
+//! its last report, `RemoteLink::losses`, and sends it again if so), dispatch shares are totals per order, cancels and refusals name
 //! the order and carry the child's allocation epoch. A call that cannot be
 //! delivered is retried until its deadline.
 
@@ -163,6 +163,14 @@ pub trait RemoteLink: Send + Sync + 'static {
     /// blocks; a message that cannot be sent is counted and dropped (every
     /// cast is repeated or repaired by its sender).
     fn cast(&self, kind: NodeKind, msg: RemoteCast);
+
+    /// Grows whenever a message sent earlier may have been lost (a peer
+    /// reconnected, a cast could not be sent). An aggregate with a remote
+    /// parent sends its report again when this changed since its last one;
+    /// in steady state nothing is re-sent.
+    fn losses(&self) -> u64 {
+        0
+    }
 
     /// Asks the member running aggregate `route` (for a DER: its site) and
     /// waits up to `timeout` for the answer.

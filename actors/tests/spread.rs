@@ -39,16 +39,22 @@ struct Link {
     me: usize,
     fleets: Arc<RwLock<Vec<Fleet>>>,
     lose: Arc<AtomicBool>,
+    lost: Arc<AtomicU64>,
     calls: Arc<AtomicU64>,
 }
 
 impl RemoteLink for Link {
+    fn losses(&self) -> u64 {
+        self.lost.load(Ordering::SeqCst)
+    }
+
     fn is_local(&self, id: &NodeId, _: NodeKind) -> bool {
         owner(id) == self.me
     }
 
     fn cast(&self, _: NodeKind, msg: RemoteCast) {
         if self.lose.load(Ordering::SeqCst) {
+            self.lost.fetch_add(1, Ordering::SeqCst);
             return;
         }
         let to = owner(msg.to());
@@ -106,6 +112,7 @@ async fn member(
         me,
         fleets: all.clone(),
         lose: lose.clone(),
+        lost: Arc::new(AtomicU64::new(0)),
         calls: calls.clone(),
     };
     Fleet::start_linked(

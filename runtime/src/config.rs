@@ -224,6 +224,12 @@ pub struct ClusterConfig {
     /// without an answer to its pings; a member stops acting for its shards
     /// after this long without a ping from the leader, ms.
     pub detect_ms: u64,
+    /// Device topics this member subscribes to: `shards` (only its own
+    /// shards' topics, four filters per shard) or `all` (four wildcard
+    /// filters; messages for other members' sites are left alone). `all`
+    /// suits brokers whose routing cost grows with the number of filters,
+    /// such as rumqttd with 100k+ devices.
+    pub subscribe: String,
 }
 
 impl Default for ClusterConfig {
@@ -236,6 +242,7 @@ impl Default for ClusterConfig {
             heartbeat_ms: 250,
             election_timeout_ms: 1500,
             detect_ms: 3000,
+            subscribe: "shards".into(),
         }
     }
 }
@@ -377,6 +384,9 @@ impl NodeConfig {
         if let Some(v) = env.get("VPP_CLUSTER_COOKIE") {
             self.cluster.cookie = v.clone();
         }
+        if let Some(v) = env.get("VPP_CLUSTER_SUBSCRIBE") {
+            self.cluster.subscribe = v.clone();
+        }
         if let Some(v) = env.get("VPP_CLUSTER_DETECT_MS") {
             self.cluster.detect_ms = v.parse().map_err(|_| ConfigError::Invalid {
                 key: "cluster.detect_ms (VPP_CLUSTER_DETECT_MS)",
@@ -437,6 +447,9 @@ impl NodeConfig {
         }
         if let Err(e) = crate::mqtt::check_client_id(&self.mqtt.client_id) {
             return bad("mqtt.client_id", &e.to_string());
+        }
+        if !matches!(self.cluster.subscribe.as_str(), "shards" | "all") {
+            return bad("cluster.subscribe", "must be \"shards\" or \"all\"");
         }
         if !(500..=60_000).contains(&self.cluster.detect_ms) {
             return bad("cluster.detect_ms", "must be between 500 and 60000");

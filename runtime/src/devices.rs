@@ -66,6 +66,9 @@ pub enum Routed {
     Der(DerAddr, DeviceInput),
     /// A site gateway's status (site number, online).
     Gateway(u32, bool),
+    /// For a site another cluster member runs (its shard moved, or this
+    /// member subscribes to every shard): not this member's, not an error.
+    Elsewhere,
 }
 
 /// Counters of device messages, by outcome.
@@ -77,6 +80,8 @@ pub struct IngestStats {
     rejected: [AtomicU64; Reject::ALL.len()],
     /// Arrived while no hierarchy was loaded.
     pub no_fleet: AtomicU64,
+    /// For sites another cluster member runs (left alone).
+    pub elsewhere: AtomicU64,
     /// Desired documents published.
     pub desired_out: AtomicU64,
     /// (Re)connections to the broker.
@@ -136,14 +141,18 @@ pub fn route(fleet: &Fleet, topic: &str, payload: &[u8]) -> Result<Routed, Rejec
     let t = Topic::parse(topic)?;
     match (t.channel, t.der) {
         (Channel::Status, _) => {
-            let site = fleet.locate_site(t.site).ok_or(Reject::UnknownDevice)?;
+            let Some(site) = fleet.locate_site(t.site) else {
+                return elsewhere(fleet, t.site);
+            };
             let s: Status = decode(payload)?;
             Ok(Routed::Gateway(site, s.online))
         }
         (Channel::Desired, _) => Err(Reject::ReadOnly),
         (_, None) => Err(Reject::Topic),
         (channel, Some(der)) => {
-            let addr = fleet.locate_der(t.site, der).ok_or(Reject::UnknownDevice)?;
+            let Some(addr) = fleet.locate_der(t.site, der) else {
+                return elsewhere(fleet, t.site);
+            };
             let input = match channel {
                 Channel::Telemetry => {
                     let m: Telemetry = decode(payload)?;
@@ -165,6 +174,19 @@ pub fn route(fleet: &Fleet, topic: &str, payload: &[u8]) -> Result<Routed, Rejec
             };
             Ok(Routed::Der(addr, input))
         }
+    }
+}
+
+/// A message for `site` that this member does not run: another member's
+/// (the fleet knows the site) or an unknown device.
+fn elsewhere(fleet: &Fleet, site: &str) -> Result<Routed, Reject> {
+    let known = vpp_domain::NodeId::new(site)
+        .ok()
+        .is_some_and(|id| fleet.node(&id).is_some() && !fleet.is_here(&id));
+    if known {
+        Ok(Routed::Elsewhere)
+    } else {
+        Err(Reject::UnknownDevice)
     }
 }
 
@@ -194,6 +216,10 @@ pub fn ingest_batch(
                 inputs.push((addr, input));
             }
             Ok(Routed::Gateway(site, online)) => fleet.gateway_status(site, online),
+            Ok(Routed::Elsewhere) => {
+                stats.elsewhere.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             Err(r) => {
                 stats.reject(r, topic);
                 continue;

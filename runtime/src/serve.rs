@@ -152,7 +152,8 @@ pub async fn start(config: NodeConfig, opts: &ServeOptions) -> Result<Running> {
         Some(shards) => {
             // The publishing session's events: only (re)connections matter.
             tokio::spawn(pump(node.clone(), events));
-            tokio::spawn(ingest_shards(node.clone(), target, client_id, shards))
+            let all = config_subscribes_all(&node);
+            tokio::spawn(ingest_shards(node.clone(), target, client_id, shards, all))
         }
     };
 
@@ -185,15 +186,19 @@ async fn ingest_shards(
     target: BrokerTarget,
     client_id: String,
     mut shards: tokio::sync::watch::Receiver<Vec<u8>>,
+    all: bool,
 ) {
     let mut current: Option<(crate::mqtt::MqttPublisher, JoinHandle<()>)> = None;
     let mut generation = 0u64;
     loop {
         let mine = shards.borrow_and_update().clone();
-        let filters: Vec<String> = mine
-            .iter()
-            .flat_map(|s| vpp_protocol::topic::shard_filters(*s))
-            .collect();
+        let filters: Vec<String> = if all {
+            vpp_protocol::topic::runtime_filters()
+        } else {
+            mine.iter()
+                .flat_map(|s| vpp_protocol::topic::shard_filters(*s))
+                .collect()
+        };
         generation += 1;
         let id = format!("{client_id}-in{generation}");
         match MqttSession::connect(target.clone(), &id, filters).await {
@@ -213,6 +218,11 @@ async fn ingest_shards(
     if let Some((_, t)) = current {
         t.abort();
     }
+}
+
+/// `cluster.subscribe = "all"`: every shard's topics, others' left alone.
+fn config_subscribes_all(node: &Node) -> bool {
+    node.config().cluster.subscribe == "all"
 }
 
 /// Imports `path` when the store holds no hierarchy yet (or always with

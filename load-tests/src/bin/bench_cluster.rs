@@ -41,6 +41,10 @@ struct Args {
     /// Registry writes per path.
     #[arg(long, default_value_t = 200)]
     writes: usize,
+    /// Simulator MQTT connections (at most 256 keeps one desired filter per
+    /// shard; more means a filter per site, which rumqttd routes slowly).
+    #[arg(long, default_value_t = 256)]
+    connections: usize,
     /// Device telemetry period, ms.
     #[arg(long, default_value_t = 10_000)]
     telemetry_interval_ms: u64,
@@ -51,6 +55,10 @@ struct Args {
     /// whole fleet on two cores, a member can miss pings for seconds.
     #[arg(long, default_value_t = 10_000)]
     detect_ms: u64,
+    /// `cluster.subscribe` of the nodes: `shards` (only their shards'
+    /// topics) or `all` (wildcards; see runtime/config/vpp.toml).
+    #[arg(long, default_value = "shards")]
+    subscribe: String,
     /// Leave the containers running at the end.
     #[arg(long)]
     keep: bool,
@@ -149,8 +157,10 @@ fn main() -> Result<()> {
     let run = format!("bench{}", std::process::id());
     let image = format!("vpp:{run}");
     println!(
-        "bench-cluster: {} devices ({sites} sites), 3 nodes + broker + simulator in containers; {}",
+        "bench-cluster: {} devices ({sites} sites), 3 nodes (subscribe = {}, detect_ms = {}) + broker + simulator in containers; {}",
         a.devices,
+        a.subscribe,
+        a.detect_ms,
         machine()
     );
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -224,6 +234,8 @@ fn main() -> Result<()> {
             &format!("VPP_CLUSTER_COOKIE={COOKIE}"),
             "-e",
             &format!("VPP_CLUSTER_DETECT_MS={}", a.detect_ms),
+            "-e",
+            &format!("VPP_CLUSTER_SUBSCRIBE={}", a.subscribe),
             "-e",
             "VPP_LOG=info,openraft=off,ractor_cluster=error",
             &image,
@@ -310,6 +322,8 @@ fn main() -> Result<()> {
         &a.ders_per_site.to_string(),
         "--telemetry-interval-ms",
         &a.telemetry_interval_ms.to_string(),
+        "--connections",
+        &a.connections.to_string(),
     ])?;
     // Seen = the members together accepted at least one message per device
     // (telemetry, status), and the root counts every device online.

@@ -122,6 +122,11 @@ pub(crate) async fn metrics(State(node): State<AppState>) -> impl IntoResponse {
             ing.no_fleet.load(Ordering::Relaxed),
         ),
         (
+            "vpp_mqtt_elsewhere_total",
+            "device messages for sites another cluster member runs (left to it)",
+            ing.elsewhere.load(Ordering::Relaxed),
+        ),
+        (
             "vpp_mqtt_desired_sent_total",
             "desired documents published to the broker",
             ing.desired_out.load(Ordering::Relaxed),

@@ -33,7 +33,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -115,6 +115,8 @@ pub struct Mesh {
     region: ActorRef<RegionMsg>,
     keeper: Mutex<Option<JoinHandle<()>>>,
     stopped: AtomicBool,
+    /// Sessions closed so far (messages in flight on them may be lost).
+    closed: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -163,7 +165,9 @@ impl Mesh {
             ));
         }
 
+        let closed = Arc::new(AtomicU64::new(0));
         let keeper = Keeper {
+            closed: closed.clone(),
             node_server: node_server.clone(),
             peers: cfg.peers.clone(),
             events: events_rx,
@@ -175,6 +179,7 @@ impl Mesh {
             sessions: HashMap::new(),
         };
         Ok(Mesh {
+            closed,
             me: cfg.me,
             peers: cfg.peers.into_iter().map(|(name, _)| name).collect(),
             node_server,
@@ -213,6 +218,12 @@ impl Mesh {
             )),
             Reply::Unsent => Err(format!("member {member} is not connected")),
         }
+    }
+
+    /// Sessions closed so far: grows whenever messages in flight may have
+    /// been lost (senders of repairable messages send them again).
+    pub fn losses(&self) -> u64 {
+        self.closed.load(Ordering::Relaxed)
     }
 
     /// Peers whose region actor is currently reachable.
@@ -555,6 +566,8 @@ struct Heartbeat {
 
 /// Keeps sessions to all peers open and healthy.
 struct Keeper {
+    /// `Mesh::closed`.
+    closed: Arc<AtomicU64>,
     node_server: ActorRef<NodeServerMessage>,
     peers: Vec<(String, String)>,
     events: mpsc::UnboundedReceiver<SessionEvent>,
@@ -693,6 +706,7 @@ impl Keeper {
                 self.unauthenticated.remove(&id);
             }
             SessionEvent::Closed(ses) => {
+                self.closed.fetch_add(1, Ordering::Relaxed);
                 self.unauthenticated.remove(&ses.actor.get_id());
                 self.sessions.remove(&ses.node_id);
                 if let Some(name) = ses.peer_name {

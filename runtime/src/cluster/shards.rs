@@ -302,6 +302,10 @@ impl RemoteLink for MeshLink {
         self.shared.placement().owner(id, kind) == Some(self.me.as_str())
     }
 
+    fn losses(&self) -> u64 {
+        self.mesh.losses() + self.shared.casts_lost.load(Ordering::Relaxed)
+    }
+
     fn cast(&self, kind: NodeKind, msg: RemoteCast) {
         let placement = self.shared.placement();
         let sent = match placement.owner(msg.to(), kind) {
