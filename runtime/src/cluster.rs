@@ -621,6 +621,27 @@ impl Cluster {
         m.current_leader.is_some() && m.running_state.is_ok()
     }
 
+    /// This member's cluster counters, for `/metrics`.
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 3] {
+        [
+            (
+                "vpp_cluster_mesh_bad_messages_total",
+                "actor-mesh messages from other members that could not be decoded",
+                self.shared.bad_messages.load(Ordering::Relaxed),
+            ),
+            (
+                "vpp_cluster_mesh_casts_lost_total",
+                "one-way messages to other members that could not be sent (repaired by re-sending)",
+                self.shared.casts_lost.load(Ordering::Relaxed),
+            ),
+            (
+                "vpp_cluster_mesh_sessions_closed_total",
+                "actor-mesh sessions to other members that closed",
+                self.mesh.losses(),
+            ),
+        ]
+    }
+
     /// True once this member's part of the fleet is built for the
     /// placement in force.
     pub fn shards_loaded(&self) -> bool {

@@ -353,6 +353,20 @@ fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
     let root = tempfile::tempdir().unwrap();
     let (mut m, token) = up(root.path());
     make_account(&m[1], &token, "acct-before-drain");
+    // The mesh's counters are in every member's /metrics.
+    let metrics = ureq::get(format!("{}/metrics", m[2].url()))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    for name in [
+        "vpp_cluster_mesh_bad_messages_total 0",
+        "vpp_cluster_mesh_casts_lost_total",
+        "vpp_cluster_mesh_sessions_closed_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
     let old = leader(&m, &token);
     let i = m.iter().position(|x| x.name == old).unwrap();
     // Every member runs shards to begin with.

@@ -142,6 +142,14 @@ pub(crate) async fn metrics(State(node): State<AppState>) -> impl IntoResponse {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
         );
     }
+    if let Some(c) = node.writes().cluster() {
+        for (name, help, v) in c.counters() {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+    }
     let m = node.metering();
     for (name, help, v) in [
         (

@@ -426,6 +426,37 @@ mod tests {
         assert_eq!(back.shards_of("vpp-1"), all.shards_of("vpp-1"));
     }
 
+    #[tokio::test]
+    async fn undecodable_mesh_messages_are_counted_and_answered_bad() {
+        let shared = Arc::new(Shared::new(Placement::new(0, names(3), "vpp-0")));
+        let region = Region {
+            shared: shared.clone(),
+        };
+        region.cast(vec![0xff, 0x00, 0x13]);
+        let answer = region.call(b"not postcard".to_vec()).await;
+        assert!(matches!(
+            postcard::from_bytes::<WireReply>(&answer),
+            Ok(WireReply::Bad(_))
+        ));
+        // A well-formed call for a member with no fleet yet: answered, not bad.
+        let ping = encode(&Wire::Ping {
+            from: "vpp-1".into(),
+        });
+        let answer = region.call(ping).await;
+        assert!(matches!(
+            postcard::from_bytes::<WireReply>(&answer),
+            Ok(WireReply::Pong {
+                epoch: 0,
+                leaving: false
+            })
+        ));
+        assert_eq!(shared.bad_messages.load(Ordering::Relaxed), 2);
+        assert!(
+            shared.contact_ms.load(Ordering::Relaxed) > 0,
+            "a ping is contact"
+        );
+    }
+
     #[test]
     fn sites_follow_their_shard_and_virtual_ders_spread() {
         let p = Placement::new(1, names(3), "vpp-0");
