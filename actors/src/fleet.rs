@@ -311,6 +311,15 @@ impl Fleet {
         self.inner.index.get(id).is_some_and(|h| h.actor.is_some())
     }
 
+    /// Whether `site` is a site of the hierarchy that runs on another
+    /// member (the device-ingest path: no allocation).
+    pub fn runs_elsewhere(&self, site: &str) -> bool {
+        self.inner
+            .index
+            .get(site)
+            .is_some_and(|h| h.kind == NodeKind::Site && h.actor.is_none())
+    }
+
     /// Answers a request another member sent for a node that runs here
     /// (never forwards it again: a node not here is `Failed`).
     pub async fn serve_call(&self, call: RemoteCall) -> RemoteReply {

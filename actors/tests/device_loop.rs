@@ -11,11 +11,11 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{eventually, id};
+use common::{eventually, id, order};
 use vpp_actors::{DeviceInput, DeviceLink, Fleet, FleetConfig, Metrics, NullJournal};
 use vpp_domain::{
-    DerKind, DerRating, DerSpec, DerState, Direction, DispatchId, DispatchOrder, Hierarchy,
-    Location, NodeId, Segment, SiteSpec, Strategy, VirtualDerSpec,
+    DerKind, DerRating, DerSpec, DerState, Hierarchy, Location, NodeId, Segment, SiteSpec,
+    Strategy, VirtualDerSpec,
 };
 use vpp_protocol::{Ack, AckStatus, Desired};
 
@@ -99,19 +99,6 @@ async fn start(offline_after: Duration) -> (Fleet, Arc<Recorder>, Arc<Metrics>) 
     (fleet, rec, metrics)
 }
 
-fn order(power_w: u64) -> Arc<DispatchOrder> {
-    Arc::new(DispatchOrder {
-        id: DispatchId::new("o1").unwrap(),
-        target: id("root"),
-        direction: Direction::Up,
-        power_w,
-        start_ms: vpp_actors::now_ms(),
-        duration_s: 3600,
-        ramp_w_per_min: None,
-        created_ms: vpp_actors::now_ms(),
-    })
-}
-
 fn ack(fleet: &Fleet, site: &str, der: &str, version: u64, status: AckStatus) {
     let addr = fleet.locate_der(site, der).expect("der is at site");
     let reason = (status == AckStatus::Rejected).then(|| "battery below reserve".to_string());
@@ -153,7 +140,7 @@ const DERS: [(&str, &str); 4] = [
 async fn acks_rejections_and_telemetry_close_the_loop() {
     let (fleet, rec, metrics) = start(Duration::from_secs(60)).await;
     // 8 kW up over four 5 kW batteries: 2 kW each.
-    let out = fleet.dispatch(order(8_000)).await.unwrap();
+    let out = fleet.dispatch(order("o1", "root", 8_000)).await.unwrap();
     assert_eq!(out.accepted_w, 8_000);
     for (_, der) in DERS {
         let d = rec.latest(der).expect("a desired document per DER");
@@ -178,7 +165,10 @@ async fn acks_rejections_and_telemetry_close_the_loop() {
     })
     .await;
     assert!(rec.latest("s0b0").unwrap().setpoints.is_empty());
-    let s0 = fleet.allocation(&order(8_000).id, &id("s0")).await.unwrap();
+    let s0 = fleet
+        .allocation(&order("o1", "root", 8_000).id, &id("s0"))
+        .await
+        .unwrap();
     let s0 = s0.expect("site allocation");
     assert_eq!(s0.allocated_w, 4_000);
     assert!(
@@ -205,7 +195,7 @@ async fn acks_rejections_and_telemetry_close_the_loop() {
     })
     .await;
     let root_alloc = fleet
-        .allocation(&order(8_000).id, &id("root"))
+        .allocation(&order("o1", "root", 8_000).id, &id("root"))
         .await
         .unwrap()
         .unwrap();
@@ -274,7 +264,7 @@ async fn silent_devices_and_gateway_wills_leave_the_envelope() {
 #[tokio::test]
 async fn republish_sends_current_documents_with_newer_versions() {
     let (fleet, rec, _) = start(Duration::from_secs(60)).await;
-    fleet.dispatch(order(4_000)).await.unwrap();
+    fleet.dispatch(order("o1", "root", 4_000)).await.unwrap();
     let before = rec.latest("s0b0").unwrap();
     fleet.republish_desired();
     let after = eventually(5, || async {

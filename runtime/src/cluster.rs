@@ -428,10 +428,10 @@ impl Cluster {
         }
     }
 
-    /// Starts draining: this member stops acting for its shards and asks
-    /// the leader to move them away; waits (up to `patience`) until the
-    /// placement in force here no longer gives it any. Returns whether
-    /// they moved.
+    /// Starts draining: this member stops acting for its shards and answers
+    /// the leader's pings with `leaving`, so the leader moves them away;
+    /// waits (up to `patience`) until the placement in force here no longer
+    /// gives it any. Returns whether they moved.
     pub async fn hand_shards_over(&self, patience: Duration) -> bool {
         let me = self.members.name(self.members.me);
         self.shared.leaving.store(true, Ordering::SeqCst);
@@ -442,13 +442,6 @@ impl Cluster {
             }
             if tokio::time::Instant::now() >= deadline {
                 return false;
-            }
-            if !self.is_leader() {
-                if let Some(l) = self.status().leader {
-                    if let Err(e) = shards::leave(&self.mesh, &me, &l).await {
-                        tracing::debug!(error = %e, "asking the leader to move the shards");
-                    }
-                }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -826,19 +819,12 @@ async fn watch_members(cluster: std::sync::Weak<Cluster>) {
             let leaving = match a {
                 Ok((_, leaving)) => {
                     last_ok.insert(m.clone(), now);
-                    if !leaving {
-                        // Back from a drain (restarted): it may own shards again.
-                        if let Ok(mut l) = c.shared.leavers.lock() {
-                            l.remove(m);
-                        }
-                    }
                     leaving
                 }
                 Err(_) => false,
             };
             let seen = last_ok.get(m).copied().unwrap_or(0);
-            let left = c.shared.leavers.lock().is_ok_and(|l| l.contains(m));
-            if !leaving && !left && now.saturating_sub(seen) < c.detect_ms {
+            if !leaving && now.saturating_sub(seen) < c.detect_ms {
                 live.push(m.clone());
             }
         }
@@ -914,5 +900,21 @@ impl Writer {
             Writer::Local(_) => None,
             Writer::Cluster(c) => Some(c),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mesh_addr;
+
+    #[test]
+    fn the_mesh_takes_the_next_port_and_says_when_there_is_none() {
+        assert_eq!(
+            mesh_addr("vpp-0.vpp-peers:7070").unwrap(),
+            "vpp-0.vpp-peers:7071"
+        );
+        let e = mesh_addr("h:65535").unwrap_err();
+        assert!(e.contains("65535") && e.contains("next port"), "{e}");
+        assert!(mesh_addr("no-port").is_err());
     }
 }

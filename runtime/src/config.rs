@@ -522,6 +522,42 @@ mod tests {
     }
 
     #[test]
+    fn bad_cluster_values_are_named() {
+        let d = NodeConfig::parse("default", DEFAULT_TOML).unwrap();
+        assert_eq!(d.cluster.detect_ms, NodeConfig::default().cluster.detect_ms);
+        assert_eq!(d.cluster.subscribe, NodeConfig::default().cluster.subscribe);
+        for (text, needle) in [
+            ("[cluster]\ndetect_ms = 100\n", "cluster.detect_ms"),
+            ("[cluster]\ndetect_ms = 600000\n", "cluster.detect_ms"),
+            ("[cluster]\nsubscribe = \"some\"\n", "cluster.subscribe"),
+        ] {
+            let e = NodeConfig::parse("x.toml", text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        for (key, value, needle) in [
+            ("VPP_CLUSTER_DETECT_MS", "soon", "VPP_CLUSTER_DETECT_MS"),
+            ("VPP_CLUSTER_DETECT_MS", "10", "cluster.detect_ms"),
+            ("VPP_CLUSTER_SUBSCRIBE", "mine", "cluster.subscribe"),
+        ] {
+            let env = HashMap::from([(key.to_string(), value.to_string())]);
+            let e = NodeConfig::default()
+                .with_env(&env)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{key}={value}: {e}");
+        }
+        let env = HashMap::from([
+            ("VPP_CLUSTER_DETECT_MS".to_string(), "10000".to_string()),
+            ("VPP_CLUSTER_SUBSCRIBE".to_string(), "all".to_string()),
+        ]);
+        let c = NodeConfig::default().with_env(&env).unwrap();
+        assert_eq!(
+            (c.cluster.detect_ms, c.cluster.subscribe.as_str()),
+            (10_000, "all")
+        );
+    }
+
+    #[test]
     fn metering_keys() {
         let c =
             NodeConfig::parse("x.toml", "[metering]\ninterval_s = 900\nsites = \"all\"\n").unwrap();

@@ -180,10 +180,7 @@ pub fn route(fleet: &Fleet, topic: &str, payload: &[u8]) -> Result<Routed, Rejec
 /// A message for `site` that this member does not run: another member's
 /// (the fleet knows the site) or an unknown device.
 fn elsewhere(fleet: &Fleet, site: &str) -> Result<Routed, Reject> {
-    let known = vpp_domain::NodeId::new(site)
-        .ok()
-        .is_some_and(|id| fleet.node(&id).is_some() && !fleet.is_here(&id));
-    if known {
+    if fleet.runs_elsewhere(site) {
         Ok(Routed::Elsewhere)
     } else {
         Err(Reject::UnknownDevice)

@@ -152,7 +152,7 @@ pub async fn start(config: NodeConfig, opts: &ServeOptions) -> Result<Running> {
         Some(shards) => {
             // The publishing session's events: only (re)connections matter.
             tokio::spawn(pump(node.clone(), events));
-            let all = config_subscribes_all(&node);
+            let all = node.config().cluster.subscribe == "all";
             tokio::spawn(ingest_shards(node.clone(), target, client_id, shards, all))
         }
     };
@@ -218,11 +218,6 @@ async fn ingest_shards(
     if let Some((_, t)) = current {
         t.abort();
     }
-}
-
-/// `cluster.subscribe = "all"`: every shard's topics, others' left alone.
-fn config_subscribes_all(node: &Node) -> bool {
-    node.config().cluster.subscribe == "all"
 }
 
 /// Imports `path` when the store holds no hierarchy yet (or always with

@@ -15,6 +15,9 @@
 //! protocol's (`vpp_protocol::topic::shard_of`), so a member subscribes to
 //! exactly the topics of the sites it runs.
 //!
+//! **Draining.** A draining member answers pings with `leaving`; the leader
+//! then replicates a live set without it.
+//!
 //! **Fencing.** A member acts for its shards (publishes desired documents)
 //! only while it hears from the leader: a follower within `detect_ms` of the
 //! leader's last ping, the leader while a quorum acknowledged it within
@@ -23,9 +26,9 @@
 //! when the others take its shards over: no site has two active owners for
 //! longer than the detection window.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -147,11 +150,6 @@ pub(super) enum Wire {
         /// The leader's name.
         from: String,
     },
-    /// A draining member asks the leader to move its shards away.
-    Leave {
-        /// Who leaves.
-        member: String,
-    },
 }
 
 /// Answers on the mesh.
@@ -164,7 +162,6 @@ pub(super) enum WireReply {
         /// The receiver is draining: give its shards away.
         leaving: bool,
     },
-    Ok,
     Bad(String),
 }
 
@@ -180,8 +177,6 @@ pub(crate) struct Shared {
     pub(crate) contact_ms: AtomicU64,
     /// This member is draining.
     pub(crate) leaving: AtomicBool,
-    /// Members that asked to leave (kept by the leader).
-    pub(crate) leavers: Mutex<HashSet<String>>,
     /// Undecodable mesh messages.
     pub(crate) bad_messages: AtomicU64,
     /// Casts that could not be sent (the receiver repairs them).
@@ -196,7 +191,6 @@ impl Shared {
             fleet_epoch: AtomicU64::new(0),
             contact_ms: AtomicU64::new(0),
             leaving: AtomicBool::new(false),
-            leavers: Mutex::new(HashSet::new()),
             bad_messages: AtomicU64::new(0),
             casts_lost: AtomicU64::new(0),
         }
@@ -212,19 +206,18 @@ impl Shared {
     fn fleet(&self) -> Option<Fleet> {
         self.fleet.read().ok().and_then(|f| f.clone())
     }
+
+    /// Counts and logs an undecodable mesh message; its answer.
+    fn bad(&self, why: String) -> WireReply {
+        self.bad_messages.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %why, "undecodable message from another member");
+        WireReply::Bad(why)
+    }
 }
 
 /// Serves what other members send this one.
 pub(super) struct Region {
     pub(super) shared: Arc<Shared>,
-}
-
-impl Region {
-    fn bad(&self, why: String) -> Vec<u8> {
-        self.shared.bad_messages.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(error = %why, "undecodable message from another member");
-        encode(&WireReply::Bad(why))
-    }
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -240,27 +233,18 @@ impl MeshHandler for Region {
                 }
             }
             Ok(other) => {
-                self.bad(format!("{other:?} sent as a cast"));
+                self.shared.bad(format!("{other:?} sent as a cast"));
             }
             Err(e) => {
-                self.bad(format!("mesh cast: {e}"));
+                self.shared.bad(format!("mesh cast: {e}"));
             }
         }
     }
 
     fn call(&self, bytes: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
         let shared = self.shared.clone();
-        let msg = postcard::from_bytes::<Wire>(&bytes);
-        let bad = match &msg {
-            Err(e) => Some(self.bad(format!("mesh call: {e}"))),
-            Ok(Wire::Cast(_)) => Some(self.bad("a cast sent as a call".into())),
-            Ok(_) => None,
-        };
         Box::pin(async move {
-            if let Some(b) = bad {
-                return b;
-            }
-            let reply = match msg {
+            let reply = match postcard::from_bytes::<Wire>(&bytes) {
                 Ok(Wire::Call(c)) => match shared.fleet() {
                     Some(f) => WireReply::Reply(f.serve_call(c).await),
                     None => WireReply::Reply(RemoteReply::Failed(
@@ -276,13 +260,8 @@ impl MeshHandler for Region {
                         leaving: shared.leaving.load(Ordering::SeqCst),
                     }
                 }
-                Ok(Wire::Leave { member }) => {
-                    if let Ok(mut l) = shared.leavers.lock() {
-                        l.insert(member);
-                    }
-                    WireReply::Ok
-                }
-                Ok(Wire::Cast(_)) | Err(_) => WireReply::Bad("unreachable".into()),
+                Ok(Wire::Cast(_)) => shared.bad("a cast sent as a call".into()),
+                Err(e) => shared.bad(format!("mesh call: {e}")),
             };
             encode(&reply)
         })
@@ -362,24 +341,6 @@ pub(super) async fn ping(
         Ok(WireReply::Pong { epoch, leaving }) => Ok((epoch, leaving)),
         Ok(other) => Err(format!("{member} answered {other:?}")),
         Err(e) => Err(format!("{member}: {e}")),
-    }
-}
-
-/// Asks `leader` to move this member's shards away.
-pub(super) async fn leave(mesh: &Mesh, me: &str, leader: &str) -> Result<(), String> {
-    let bytes = mesh
-        .call(
-            leader,
-            encode(&Wire::Leave {
-                member: me.to_string(),
-            }),
-            Duration::from_secs(2),
-        )
-        .await?;
-    match postcard::from_bytes::<WireReply>(&bytes) {
-        Ok(WireReply::Ok) => Ok(()),
-        Ok(other) => Err(format!("{leader} answered {other:?}")),
-        Err(e) => Err(format!("{leader}: {e}")),
     }
 }
 
