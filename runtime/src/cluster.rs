@@ -42,7 +42,7 @@ mod storage;
 pub use proxy::FORWARDED;
 pub use shards::Placement;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Cursor;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -785,6 +785,9 @@ fn placement_in(store: &Store, members: &Members) -> Result<Placement, StoreErro
 /// come back, or is draining (`shards.rs`).
 async fn watch_members(cluster: std::sync::Weak<Cluster>) {
     let mut last_ok: HashMap<String, u64> = HashMap::new();
+    // Members whose last answer said they are draining: out until one says
+    // otherwise (a ping that fails meanwhile must not bring them back).
+    let mut leaving: HashSet<String> = HashSet::new();
     let mut was_leader = false;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -797,9 +800,15 @@ async fn watch_members(cluster: std::sync::Weak<Cluster>) {
         let me = c.members.name(c.members.me);
         let now = vpp_actors::now_ms();
         if !was_leader {
-            // New leader: everyone gets a full detection window.
+            // New leader: every member the log counts as live gets a full
+            // detection window; the others (lost, drained) must answer a
+            // ping to come back.
             was_leader = true;
-            last_ok = c.members.names().into_iter().map(|m| (m, now)).collect();
+            leaving.clear();
+            last_ok = match placement_in(&c.store, &c.members) {
+                Ok(p) => p.live.into_iter().map(|m| (m, now)).collect(),
+                Err(_) => c.members.names().into_iter().map(|m| (m, now)).collect(),
+            };
         }
         let others: Vec<String> = c.members.names().into_iter().filter(|m| *m != me).collect();
         let pings = others.iter().map(|m| {
@@ -816,15 +825,16 @@ async fn watch_members(cluster: std::sync::Weak<Cluster>) {
             live.push(me.clone());
         }
         for (m, a) in others.iter().zip(answers) {
-            let leaving = match a {
-                Ok((_, leaving)) => {
-                    last_ok.insert(m.clone(), now);
-                    leaving
+            if let Ok((_, drains)) = a {
+                last_ok.insert(m.clone(), now);
+                if drains {
+                    leaving.insert(m.clone());
+                } else {
+                    leaving.remove(m);
                 }
-                Err(_) => false,
-            };
+            }
             let seen = last_ok.get(m).copied().unwrap_or(0);
-            if !leaving && now.saturating_sub(seen) < c.detect_ms {
+            if !leaving.contains(m) && now.saturating_sub(seen) < c.detect_ms {
                 live.push(m.clone());
             }
         }

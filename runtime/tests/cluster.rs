@@ -371,6 +371,7 @@ fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
     let i = m.iter().position(|x| x.name == old).unwrap();
     // Every member runs shards to begin with.
     let (_, v) = m[i].get(&token, "/api/v1/cluster");
+    let epoch_before = v["placement_epoch"].as_u64().unwrap();
     for x in v["members"].as_array().unwrap() {
         assert!(x["shards"].as_u64().unwrap() > 0, "{v}");
     }
@@ -421,7 +422,58 @@ fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
     assert_eq!(shards(&old), 0, "{v}");
     let total: u64 = m.iter().map(|x| shards(&x.name)).sum();
     assert_eq!(total, 256, "{v}");
+    // One move, no flapping: past the detection window (3 s) the drained
+    // member has not been taken back in and dropped again.
+    std::thread::sleep(std::time::Duration::from_millis(3_500));
+    let (_, v) = m[j].get(&token, "/api/v1/cluster");
+    assert_eq!(
+        v["placement_epoch"].as_u64(),
+        Some(epoch_before + 1),
+        "shards moved more than once: {v}"
+    );
     // And nothing was lost: the survivors take writes and hold the old ones.
     make_account(&m[j], &token, "acct-after-drain");
     assert!(has_account(&m[j], &token, "acct-before-drain"));
+}
+
+#[test]
+fn a_follower_stopped_with_sigterm_moves_its_shards_once() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut m, token) = up(root.path());
+    let lead = leader(&m, &token);
+    let i = m.iter().position(|x| x.name != lead).unwrap();
+    let j = m.iter().position(|x| x.name == lead).unwrap();
+    let (_, v) = m[j].get(&token, "/api/v1/cluster");
+    let epoch_before = v["placement_epoch"].as_u64().unwrap();
+    let mut child = m[i].child.take().unwrap();
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(
+        child.wait().unwrap().success(),
+        "a drained node exits cleanly"
+    );
+    let printed = m[i].out.lock().unwrap().join("\n");
+    assert!(
+        printed.contains("draining: this member's shards moved to the others"),
+        "{printed}"
+    );
+    // Past the detection window (3 s): moved once, not taken back in while
+    // it was stopping and dropped again.
+    std::thread::sleep(std::time::Duration::from_millis(3_500));
+    let (_, v) = m[j].get(&token, "/api/v1/cluster");
+    assert_eq!(
+        v["placement_epoch"].as_u64(),
+        Some(epoch_before + 1),
+        "shards moved more than once: {v}"
+    );
+    let gone = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == m[i].name.as_str())
+        .unwrap();
+    assert_eq!(gone["shards"], 0, "{v}");
 }
