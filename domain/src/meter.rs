@@ -126,7 +126,7 @@ impl MeterSeries {
 
     /// Whether `start_ms` is the start of an interval.
     pub fn is_aligned(&self, start_ms: u64) -> bool {
-        self.interval_s != 0 && start_ms % self.interval_ms() == 0
+        self.interval_s != 0 && start_ms.is_multiple_of(self.interval_ms())
     }
 
     /// Records the average power `w` over the interval starting at

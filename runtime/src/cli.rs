@@ -108,6 +108,27 @@ pub enum ClusterCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write a new CA and a certificate and key per member for
+    /// `[cluster.tls]` (mutual TLS between members): ca.crt, ca.key,
+    /// NAME.crt, NAME.key. Each certificate names the member's host. Works
+    /// offline; nothing is overwritten.
+    Certs {
+        /// Every member as name@host:port, comma-separated (the same list as
+        /// cluster.members).
+        #[arg(
+            long,
+            env = "VPP_CLUSTER_MEMBERS",
+            value_delimiter = ',',
+            required = true
+        )]
+        members: Vec<String>,
+        /// Folder to write into (created if missing; must not hold these files yet).
+        #[arg(long)]
+        out: PathBuf,
+        /// Days the certificates stay valid.
+        #[arg(long, default_value_t = 825)]
+        valid_days: u32,
+    },
 }
 
 /// `vpp serve`
@@ -380,6 +401,29 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Cluster(ClusterCmd::Certs {
+            members,
+            out,
+            valid_days,
+        }) => {
+            let members: Vec<String> = members
+                .iter()
+                .map(|m| m.trim().to_string())
+                .filter(|m| !m.is_empty())
+                .collect();
+            let issued = crate::cluster::tls::issue(&members, valid_days)
+                .map_err(|e| anyhow::anyhow!("vpp cluster certs: {e}"))?;
+            crate::cluster::tls::write_issued(&out, &issued)
+                .map_err(|e| anyhow::anyhow!("vpp cluster certs: {e}"))?;
+            for f in &issued {
+                println!("wrote {}", out.join(&f.file).display());
+            }
+            println!(
+                "set on each member: [cluster.tls] cert = NAME.crt, key = NAME.key, ca = ca.crt \
+                 (or VPP_CLUSTER_TLS_CERT / _KEY / _CA); keep ca.key offline"
+            );
+            Ok(())
+        }
         Cmd::Cluster(ClusterCmd::Status { json }) => {
             let v = live(data_dir, node).get("/api/v1/cluster")?;
             if json {
@@ -482,13 +526,17 @@ fn serve(data_dir: Option<PathBuf>, a: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(crate::serve::run(
-        cfg,
-        ServeOptions {
-            hierarchy: a.hierarchy,
-            replace: a.replace,
-        },
-    ))
+    rt.block_on(async {
+        crate::cluster::prepare(&mut cfg.cluster).await?;
+        crate::serve::run(
+            cfg,
+            ServeOptions {
+                hierarchy: a.hierarchy,
+                replace: a.replace,
+            },
+        )
+        .await
+    })
 }
 
 /// `--token` / `VPP_TOKEN`, set once by [`run`].

@@ -33,11 +33,13 @@
 //! The log is never compacted yet (no snapshots): a member that comes back
 //! empty is sent the whole log. See ARCHITECTURE.md.
 
+pub mod discovery;
 pub mod mesh;
 mod network;
 mod proxy;
 pub mod shards;
 mod storage;
+pub mod tls;
 
 pub use proxy::FORWARDED;
 pub use shards::Placement;
@@ -218,6 +220,8 @@ pub struct Cluster {
     hierarchies: watch::Receiver<u64>,
     server: tokio::task::JoinHandle<()>,
     cookie: String,
+    /// Mutual TLS between members (`cluster.tls`), if on.
+    tls: Option<tls::Tls>,
     /// openraft's leader lease (`Cluster::drain`).
     election_timeout_max_ms: u64,
     /// The node's API router, for requests followers forward to this node.
@@ -248,6 +252,45 @@ fn mesh_addr(addr: &str) -> Result<String, String> {
     Ok(format!("{host}:{mesh}"))
 }
 
+/// How long a member waits for DNS to list every member.
+const DNS_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Before a member opens its store: reads the member list from DNS when
+/// `cluster.members_dns` is set (printing what it sees while it waits),
+/// then checks the list and the TLS files, so a refused start writes
+/// nothing. A single node passes untouched.
+pub async fn prepare(cfg: &mut ClusterConfig) -> anyhow::Result<()> {
+    if cfg.node.is_empty() {
+        return Ok(());
+    }
+    if !cfg.members_dns.is_empty() {
+        let server = match cfg.dns_server.as_str() {
+            "" => None,
+            s => Some(
+                s.parse()
+                    .map_err(|e| anyhow::anyhow!("cluster.dns_server {s:?}: {e}"))?,
+            ),
+        };
+        let seeds = discovery::DnsSeeds {
+            srv: cfg.members_dns.clone(),
+            size: cfg.size,
+            server,
+        };
+        let members =
+            discovery::discover(&seeds, Duration::from_millis(500), DNS_PATIENCE, &mut |m| {
+                println!("{m}")
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("cluster.members_dns: {e}"))?;
+        println!("dns: members {}", members.join(","));
+        cfg.members = members;
+        cfg.members_dns.clear();
+    }
+    Members::parse(cfg).map_err(|m| anyhow::anyhow!("cluster.members: {m}"))?;
+    tls::Tls::load(&cfg.tls).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
 impl Cluster {
     /// Joins the cluster: opens the log in `store`, listens for peers on
     /// `cfg.listen`, and (lowest id, first start) initialises it.
@@ -268,7 +311,8 @@ impl Cluster {
         let (lives_tx, lives) = watch::channel(0u64);
         let log = storage::LogStore::new(store.clone());
         let sm = storage::StateMachine::open(store.clone(), hier_tx, lives_tx)?;
-        let client = network::Client::new(cfg.cookie.clone());
+        let tls = tls::Tls::load(&cfg.tls).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let client = network::Client::new(cfg.cookie.clone(), tls.as_ref());
         let raft = Raft::new(members.me, Arc::new(config), client.clone(), log, sm).await?;
         let listener = TcpListener::bind(cfg.listen)
             .await
@@ -279,6 +323,7 @@ impl Cluster {
             raft.clone(),
             cfg.cookie.clone(),
             api.clone(),
+            tls.clone(),
         ));
         if members.me == *members.all.keys().next().expect("at least this node") {
             let initialized = raft.is_initialized().await?;
@@ -314,6 +359,7 @@ impl Cluster {
                 // A member starved of CPU for a moment keeps its session;
                 // losing a member is the leader's call (`detect_ms`).
                 heartbeat_timeout: Duration::from_millis(cfg.detect_ms),
+                tls: tls.clone(),
             },
             Arc::new(shards::Region {
                 shared: shared.clone(),
@@ -329,6 +375,7 @@ impl Cluster {
             hierarchies,
             server,
             cookie: cfg.cookie.clone(),
+            tls,
             election_timeout_max_ms: cfg.election_timeout_ms * 2,
             api,
             mesh: Arc::new(mesh),
@@ -542,7 +589,7 @@ impl Cluster {
                 Ok(Some(addr)) => {
                     let req =
                         axum::extract::Request::from_parts(parts.clone(), bytes.clone().into());
-                    match proxy::forward(&addr, &self.cookie, req).await {
+                    match proxy::forward(&addr, &self.cookie, self.tls.as_ref(), req).await {
                         Ok(resp) => return resp,
                         Err(why) => why,
                     }
@@ -615,8 +662,13 @@ impl Cluster {
     }
 
     /// This member's cluster counters, for `/metrics`.
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 3] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 4] {
         [
+            (
+                "vpp_cluster_tls_handshakes_failed_total",
+                "TLS handshakes with other members that failed (cluster.tls)",
+                tls::handshakes_failed(),
+            ),
             (
                 "vpp_cluster_mesh_bad_messages_total",
                 "actor-mesh messages from other members that could not be decoded",

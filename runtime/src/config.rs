@@ -211,6 +211,16 @@ pub struct ClusterConfig {
     pub node: String,
     /// Every member as `name@host:port` (the cluster RPC address).
     pub members: Vec<String>,
+    /// Instead of `members`: a DNS SRV record listing them (a Kubernetes
+    /// headless Service's `_cluster._tcp.<service>`), read at start
+    /// (`cluster/discovery.rs`).
+    pub members_dns: String,
+    /// With `members_dns`: how many members the cluster has; the node waits
+    /// until DNS lists that many.
+    pub size: usize,
+    /// With `members_dns`: the name server to ask (`ip:port`); empty = the
+    /// system's (`/etc/resolv.conf`).
+    pub dns_server: String,
     /// Where the cluster RPC listener binds.
     pub listen: SocketAddr,
     /// Shared secret every member presents.
@@ -230,6 +240,29 @@ pub struct ClusterConfig {
     /// suits brokers whose routing cost grows with the number of filters,
     /// such as rumqttd with 100k+ devices.
     pub subscribe: String,
+    /// `[cluster.tls]`: mutual TLS between members; off while empty.
+    pub tls: ClusterTlsConfig,
+}
+
+/// `[cluster.tls]`: PEM files for mutual TLS on the cluster port and the
+/// actor mesh (`cluster/tls.rs`). All three or none; `vpp cluster certs`
+/// writes a set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterTlsConfig {
+    /// This member's certificate chain (its host must be among the names).
+    pub cert: PathBuf,
+    /// This member's private key.
+    pub key: PathBuf,
+    /// The CA that signed every member's certificate.
+    pub ca: PathBuf,
+}
+
+impl ClusterTlsConfig {
+    /// True when TLS is configured.
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty()
+    }
 }
 
 impl Default for ClusterConfig {
@@ -237,12 +270,16 @@ impl Default for ClusterConfig {
         Self {
             node: String::new(),
             members: Vec::new(),
+            members_dns: String::new(),
+            size: 0,
+            dns_server: String::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             cookie: String::new(),
             heartbeat_ms: 250,
             election_timeout_ms: 1500,
             detect_ms: 3000,
             subscribe: "shards".into(),
+            tls: ClusterTlsConfig::default(),
         }
     }
 }
@@ -387,6 +424,27 @@ impl NodeConfig {
         if let Some(v) = env.get("VPP_CLUSTER_SUBSCRIBE") {
             self.cluster.subscribe = v.clone();
         }
+        if let Some(v) = env.get("VPP_CLUSTER_MEMBERS_DNS") {
+            self.cluster.members_dns = v.trim().to_string();
+        }
+        if let Some(v) = env.get("VPP_CLUSTER_SIZE") {
+            self.cluster.size = v.trim().parse().map_err(|_| ConfigError::Invalid {
+                key: "cluster.size (VPP_CLUSTER_SIZE)",
+                message: format!("{v:?} is not a number of members"),
+            })?;
+        }
+        if let Some(v) = env.get("VPP_CLUSTER_DNS_SERVER") {
+            self.cluster.dns_server = v.trim().to_string();
+        }
+        for (var, file) in [
+            ("VPP_CLUSTER_TLS_CERT", &mut self.cluster.tls.cert),
+            ("VPP_CLUSTER_TLS_KEY", &mut self.cluster.tls.key),
+            ("VPP_CLUSTER_TLS_CA", &mut self.cluster.tls.ca),
+        ] {
+            if let Some(v) = env.get(var) {
+                *file = PathBuf::from(v);
+            }
+        }
         if let Some(v) = env.get("VPP_CLUSTER_DETECT_MS") {
             self.cluster.detect_ms = v.parse().map_err(|_| ConfigError::Invalid {
                 key: "cluster.detect_ms (VPP_CLUSTER_DETECT_MS)",
@@ -465,8 +523,38 @@ impl NodeConfig {
                 "must be at least 3 heartbeats (cluster.heartbeat_ms) and at most 60000",
             );
         }
-        if !self.cluster.node.is_empty() {
-            if let Err(message) = crate::cluster::Members::parse(&self.cluster) {
+        let tls = &self.cluster.tls;
+        let set = [&tls.cert, &tls.key, &tls.ca].map(|p| !p.as_os_str().is_empty());
+        if set.iter().any(|s| *s) && !set.iter().all(|s| *s) {
+            return bad(
+                "cluster.tls",
+                "set cert, key and ca together (VPP_CLUSTER_TLS_CERT, _KEY, _CA), or none of them",
+            );
+        }
+        let c = &self.cluster;
+        if !c.members_dns.is_empty() {
+            if !c.members.is_empty() {
+                return bad(
+                    "cluster.members_dns",
+                    "set either cluster.members (VPP_CLUSTER_MEMBERS) or cluster.members_dns \
+                     (VPP_CLUSTER_MEMBERS_DNS), not both",
+                );
+            }
+            if !(1..=64).contains(&c.size) {
+                return bad(
+                    "cluster.size",
+                    "must be between 1 and 64 with cluster.members_dns: the number of members (replicas)",
+                );
+            }
+        }
+        if !c.dns_server.is_empty() && c.dns_server.parse::<SocketAddr>().is_err() {
+            return bad(
+                "cluster.dns_server",
+                "must be an address like 10.96.0.10:53, or empty for the system's resolver",
+            );
+        }
+        if !c.node.is_empty() && c.members_dns.is_empty() {
+            if let Err(message) = crate::cluster::Members::parse(c) {
                 return bad("cluster.members", &message);
             }
         }
@@ -530,6 +618,12 @@ mod tests {
             ("[cluster]\ndetect_ms = 100\n", "cluster.detect_ms"),
             ("[cluster]\ndetect_ms = 600000\n", "cluster.detect_ms"),
             ("[cluster]\nsubscribe = \"some\"\n", "cluster.subscribe"),
+            ("[cluster.tls]\ncert = \"n1.crt\"\n", "cluster.tls"),
+            ("[cluster.tls]\ncertificate = \"n1.crt\"\n", "certificate"),
+            (
+                "[cluster]\nmembers = [\"a@h:1\"]\nmembers_dns = \"_c._tcp.p\"\nsize = 1\n",
+                "not both",
+            ),
         ] {
             let e = NodeConfig::parse("x.toml", text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");
@@ -538,6 +632,14 @@ mod tests {
             ("VPP_CLUSTER_DETECT_MS", "soon", "VPP_CLUSTER_DETECT_MS"),
             ("VPP_CLUSTER_DETECT_MS", "10", "cluster.detect_ms"),
             ("VPP_CLUSTER_SUBSCRIBE", "mine", "cluster.subscribe"),
+            ("VPP_CLUSTER_TLS_KEY", "n1.key", "cluster.tls"),
+            (
+                "VPP_CLUSTER_MEMBERS_DNS",
+                "_cluster._tcp.vpp-peers",
+                "cluster.size",
+            ),
+            ("VPP_CLUSTER_SIZE", "three", "VPP_CLUSTER_SIZE"),
+            ("VPP_CLUSTER_DNS_SERVER", "kube-dns", "cluster.dns_server"),
         ] {
             let env = HashMap::from([(key.to_string(), value.to_string())]);
             let e = NodeConfig::default()

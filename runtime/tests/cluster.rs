@@ -24,6 +24,8 @@ struct Member {
     api_port: u16,
     members: String,
     listen: String,
+    /// Extra environment (TLS files).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// What the process printed on stdout.
     out: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -50,6 +52,7 @@ impl Member {
             .env("VPP_CLUSTER_MEMBERS", &self.members)
             .env("VPP_CLUSTER_LISTEN", &self.listen)
             .env("VPP_CLUSTER_COOKIE", COOKIE)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("VPP_NODE")
             .env_remove("VPP_DATA_DIR")
             .stdout(Stdio::piped())
@@ -112,6 +115,7 @@ fn cluster(root: &Path) -> Vec<Member> {
             api_port: free_port(),
             members: members.clone(),
             listen: format!("127.0.0.1:{p}"),
+            env: Vec::new(),
             child: None,
             out: Default::default(),
         })
@@ -164,7 +168,12 @@ fn ledger_head(m: &Member, token: &str) -> Value {
 /// Three members started and ready, and the first operator's token once
 /// every member knows it.
 fn up(root: &Path) -> (Vec<Member>, String) {
-    let mut m = cluster(root);
+    start_all(cluster(root))
+}
+
+/// Starts `m`, waits until every member is ready and knows the first
+/// operator's token.
+fn start_all(mut m: Vec<Member>) -> (Vec<Member>, String) {
     for x in m.iter_mut() {
         x.start();
     }
@@ -294,6 +303,127 @@ fn writes_through_any_member_survive_the_leader_being_killed() {
     });
     assert_eq!(heads[0]["first_bad"], Value::Null, "{}", heads[0]);
     assert!(heads[0]["entries"].as_u64().unwrap() >= 3, "{}", heads[0]);
+}
+
+#[test]
+fn members_with_tls_replicate_split_across_the_mesh_and_refuse_plaintext() {
+    let root = tempfile::tempdir().unwrap();
+    let mut m = cluster(root.path());
+    let certs = root.path().join("certs");
+    let out = Command::new(env!("CARGO_BIN_EXE_vpp"))
+        .args(["cluster", "certs", "--out"])
+        .arg(&certs)
+        .env("VPP_CLUSTER_MEMBERS", &m[0].members)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for x in m.iter_mut() {
+        x.env = vec![
+            (
+                "VPP_CLUSTER_TLS_CERT".into(),
+                certs.join(format!("{}.crt", x.name)).display().to_string(),
+            ),
+            (
+                "VPP_CLUSTER_TLS_KEY".into(),
+                certs.join(format!("{}.key", x.name)).display().to_string(),
+            ),
+            (
+                "VPP_CLUSTER_TLS_CA".into(),
+                certs.join("ca.crt").display().to_string(),
+            ),
+        ];
+    }
+    // Raft over TLS: the members elect a leader and replicate the first
+    // operator's account.
+    let (m, token) = start_all(m);
+    // Writes forwarded over TLS: a hierarchy through a follower, a dispatch
+    // through another.
+    let lead = leader(&m, &token);
+    let followers: Vec<&Member> = m.iter().filter(|x| x.name != lead).collect();
+    let (s, v) = request_as(
+        Some(&token),
+        "PUT",
+        &format!("{}/api/v1/hierarchy", followers[0].url()),
+        Some(("application/toml", small_toml().into_bytes())),
+    );
+    assert_eq!(s, 200, "hierarchy through {}: {v}", followers[0].name);
+    let order = json!({"id": "d-tls-1", "target": "north", "direction": "up",
+        "power_kw": 5.0, "duration_s": 600});
+    let (s, v) = request_as(
+        Some(&token),
+        "POST",
+        &format!("{}/api/v1/dispatches", followers[1].url()),
+        Some(("application/json", order.to_string().into_bytes())),
+    );
+    assert_eq!(s, 202, "dispatch through {}: {v}", followers[1].name);
+    // The actor mesh over TLS: every member holds shards and sees the
+    // others connected, and the split reaches sites on every member.
+    let status = eventually(30, || {
+        let (s, v) = m[0].get(&token, "/api/v1/cluster");
+        let members = v["members"].as_array()?.clone();
+        (s == 200
+            && members.len() == 3
+            && members
+                .iter()
+                .all(|x| x["connected"] == true && x["shards"].as_u64() > Some(0)))
+        .then_some(v)
+    });
+    let placed = eventually(20, || {
+        let (s, v) = m[0].get(&token, "/api/v1/dispatches/d-tls-1");
+        (s == 200 && v["allocation"]["allocated_kw"] == json!(5.0)).then_some(v)
+    });
+    let tree = placed["allocation"].to_string();
+    let sites: Vec<String> = small_toml()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("id = \""))
+        .map(|id| id.trim_end_matches('"').to_string())
+        .filter(|id| tree.contains(&format!("\"{id}\"")))
+        .collect();
+    assert!(!sites.is_empty(), "{placed}");
+    let caps: Vec<Value> = m
+        .iter()
+        .map(|x| {
+            let (s, mut v) = x.get(&token, "/api/v1/nodes/north/capacity");
+            assert_eq!(s, 200, "{}: {v}", x.name);
+            v["as_of_ms"] = Value::Null;
+            v
+        })
+        .collect();
+    assert!(caps.windows(2).all(|w| w[0] == w[1]), "{caps:#?}\n{status}");
+    assert_eq!(caps[0]["committed_up_kw"], json!(5.0));
+
+    // Plaintext on either port gets nothing, and the refusals are counted.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(3)))
+        .build()
+        .into();
+    let url = format!("http://{}/cluster/v1/write", m[0].listen);
+    let plain = agent
+        .post(&url)
+        .header("x-vpp-cookie", COOKIE)
+        .send(&b"\x01"[..]);
+    assert!(
+        plain.is_err(),
+        "plaintext answered: {:?}",
+        plain.map(|r| r.status())
+    );
+    let metric = |x: &Member| {
+        let text = ureq::get(format!("{}/metrics", x.url()))
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("vpp_cluster_tls_handshakes_failed_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    eventually(10, || metric(&m[0]).filter(|n| *n >= 1));
 }
 
 #[test]

@@ -7,7 +7,9 @@ fn draft(n: u64) -> LedgerDraft {
         actor: format!("acct-{n}"),
         action: "event.create".into(),
         subject: format!("event/ev-{n}"),
-        before: (n % 2 == 0).then(|| digest(format!("before {n}").as_bytes())),
+        before: n
+            .is_multiple_of(2)
+            .then(|| digest(format!("before {n}").as_bytes())),
         after: Some(digest(format!("after {n}").as_bytes())),
         detail: format!("{{\"n\":{n}}}"),
     }

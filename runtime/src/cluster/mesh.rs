@@ -25,10 +25,10 @@
 //! sending). A message shares its session with the heartbeat: one that takes
 //! longer than the heartbeat timeout to transfer would cost the session.
 //!
-//! Transport security: the listener uses `IncomingEncryptionMode::Raw` and
-//! peers are dialed with `ractor_cluster::client_connect`. TLS means passing
-//! `IncomingEncryptionMode::Tls` in `node_server` and dialing with
-//! `client_connect_enc` in `dial`; nothing else changes.
+//! Transport security: with `[cluster.tls]` the listener uses
+//! `IncomingEncryptionMode::Tls` and peers are dialed with
+//! `client_connect_enc` (mutual TLS, `tls.rs`); without it, plain TCP. The
+//! cookie is checked either way.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -42,11 +42,13 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{
-    IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
+    ClientConnectErr, IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
     NodeSessionMessage, RactorClusterMessage,
 };
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
+
+use super::tls::{handshake_failed, server_name, Tls};
 
 /// Process group holding a member's region actor is this prefix + its name.
 const REGION_GROUP_PREFIX: &str = "vpp-region-";
@@ -94,6 +96,8 @@ pub struct MeshConfig {
     /// A peer that answers no heartbeat for this long loses its session
     /// (it is dialled again). At least [`HEARTBEAT_TIMEOUT`].
     pub heartbeat_timeout: Duration,
+    /// Mutual TLS, or `None` for plain TCP.
+    pub tls: Option<Tls>,
 }
 
 impl std::fmt::Debug for MeshConfig {
@@ -103,6 +107,7 @@ impl std::fmt::Debug for MeshConfig {
             .field("listen", &self.listen)
             .field("peers", &self.peers)
             .field("cookie", &"<redacted>")
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -170,6 +175,7 @@ impl Mesh {
             closed: closed.clone(),
             node_server: node_server.clone(),
             peers: cfg.peers.clone(),
+            tls: cfg.tls.clone(),
             events: events_rx,
             work: JoinSet::new(),
             dialed: HashMap::new(),
@@ -356,23 +362,45 @@ fn node_server(cfg: &MeshConfig) -> NodeServer {
         cfg.cookie.clone(),
         cfg.me.clone(),
         cfg.me.clone(),
-        Some(IncomingEncryptionMode::Raw),
+        Some(match &cfg.tls {
+            Some(tls) => IncomingEncryptionMode::Tls(tls.acceptor()),
+            None => IncomingEncryptionMode::Raw,
+        }),
         Some(NodeConnectionMode::Isolated),
     )
     .with_listen_addr(cfg.listen.ip())
     .with_max_inbound_frame_size(MAX_FRAME)
 }
 
-/// Opens a TCP connection to `addr` (resolving it now) and hands it to the node server.
-async fn dial(node_server: &ActorRef<NodeServerMessage>, addr: &str) -> Result<(), String> {
-    match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        ractor_cluster::client_connect(node_server, addr),
-    )
-    .await
-    {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
+/// Opens a TCP connection to `addr` (resolving it now), runs the TLS
+/// handshake when `tls` is set, and hands it to the node server.
+async fn dial(
+    node_server: &ActorRef<NodeServerMessage>,
+    addr: &str,
+    tls: Option<&Tls>,
+) -> Result<(), String> {
+    let connect = async {
+        match tls {
+            Some(tls) => {
+                let name = server_name(addr)?;
+                match ractor_cluster::client_connect_enc(node_server, addr, tls.connector(), name)
+                    .await
+                {
+                    Err(ClientConnectErr::Encryption(e)) => {
+                        let why = e.to_string();
+                        handshake_failed("mesh", addr, &why);
+                        Err(format!("TLS handshake failed: {why}"))
+                    }
+                    other => other.map_err(|e| e.to_string()),
+                }
+            }
+            None => ractor_cluster::client_connect(node_server, addr)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(r) => r,
         Err(_) => Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
     }
 }
@@ -570,6 +598,8 @@ struct Keeper {
     closed: Arc<AtomicU64>,
     node_server: ActorRef<NodeServerMessage>,
     peers: Vec<(String, String)>,
+    /// `MeshConfig::tls`.
+    tls: Option<Tls>,
     events: mpsc::UnboundedReceiver<SessionEvent>,
     work: JoinSet<Finished>,
     /// Peers dialed recently, and when.
@@ -653,9 +683,9 @@ impl Keeper {
             }
             self.dialed.insert(peer.clone(), now);
             let node_server = self.node_server.clone();
-            let (peer, addr) = (peer.clone(), addr.clone());
+            let (peer, addr, tls) = (peer.clone(), addr.clone(), self.tls.clone());
             self.work.spawn(async move {
-                let result = dial(&node_server, &addr).await;
+                let result = dial(&node_server, &addr, tls.as_ref()).await;
                 Finished::Dialed { peer, addr, result }
             });
         }
@@ -770,6 +800,7 @@ mod tests {
             peers: vec![("unit-peer".to_string(), "127.0.0.1:9".to_string())],
             cookie: "cookie".to_string(),
             heartbeat_timeout: HEARTBEAT_TIMEOUT,
+            tls: None,
         }
     }
 

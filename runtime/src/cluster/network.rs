@@ -10,7 +10,8 @@
 //! | `POST /cluster/v1/elect`       | () → Result<(), String>: stand for election now (a draining leader hands over) |
 //!
 //! A request without the right cookie gets 401 and nothing else. The cookie
-//! is compared in constant time.
+//! is compared in constant time. With `[cluster.tls]` the port speaks only
+//! mutual TLS (`tls.rs`) and requests go out as `https://`.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -35,6 +36,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use vpp_store::{Applied, Command};
 
+use super::tls::{Tls, TlsListener};
 use super::{Raft, TypeConfig};
 
 pub(super) const COOKIE_HEADER: &str = "x-vpp-cookie";
@@ -46,16 +48,25 @@ const MAX_BODY: usize = 1 << 30;
 pub(super) struct Client {
     agent: ureq::Agent,
     cookie: String,
+    /// `http` or, with TLS, `https`.
+    scheme: &'static str,
 }
 
 impl Client {
-    pub(super) fn new(cookie: String) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+    pub(super) fn new(cookie: String, tls: Option<&Tls>) -> Self {
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(2)))
-            .build()
-            .into();
-        Self { agent, cookie }
+            .timeout_connect(Some(Duration::from_secs(2)));
+        if let Some(tls) = tls {
+            config = config.tls_config(tls.ureq());
+        }
+        let agent: ureq::Agent = config.build().into();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        Self {
+            agent,
+            cookie,
+            scheme,
+        }
     }
 
     /// POSTs `body` to `http://{addr}{path}` and decodes the answer.
@@ -67,7 +78,7 @@ impl Client {
         ttl: Duration,
     ) -> Result<A, String> {
         let bytes = postcard::to_stdvec(body).map_err(|e| format!("encoding: {e}"))?;
-        let url = format!("http://{addr}{path}");
+        let url = format!("{}://{addr}{path}", self.scheme);
         let agent = self.agent.clone();
         let cookie = self.cookie.clone();
         tokio::task::spawn_blocking(move || {
@@ -205,6 +216,7 @@ pub(super) async fn serve(
     raft: Raft,
     cookie: String,
     api: Arc<OnceLock<Router>>,
+    tls: Option<Tls>,
 ) {
     let app = Router::new()
         .route("/cluster/v1/raft/append", post(append))
@@ -214,7 +226,11 @@ pub(super) async fn serve(
         .route("/cluster/v1/api/{*rest}", any(forwarded_api))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(Srv { raft, cookie, api });
-    if let Err(e) = axum::serve(listener, app).await {
+    let served = match tls {
+        Some(tls) => axum::serve(TlsListener::new(listener, tls.acceptor(), "cluster"), app).await,
+        None => axum::serve(listener, app).await,
+    };
+    if let Err(e) = served {
         tracing::error!(error = %e, "cluster listener stopped");
     }
 }

@@ -32,6 +32,7 @@ pub(super) const PREFIX: &str = "/cluster/v1/api";
 pub(super) async fn forward(
     addr: &str,
     cookie: &str,
+    tls: Option<&super::tls::Tls>,
     mut req: Request,
 ) -> Result<Response, String> {
     let pq = req
@@ -59,24 +60,42 @@ pub(super) async fn forward(
     if let Ok(host) = HeaderValue::from_str(addr) {
         headers.insert(axum::http::header::HOST, host);
     }
-    let stream = match TcpStream::connect(addr).await {
-        Ok(s) => s,
-        Err(e) => return Err(format!("the leader at {addr} is unreachable: {e}")),
+    let unreachable = |e| format!("the leader at {addr} is unreachable: {e}");
+    let mut sender = match tls {
+        Some(tls) => open(tls.connect(addr).await.map_err(unreachable)?, addr).await?,
+        None => {
+            open(
+                TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?,
+                addr,
+            )
+            .await?
+        }
     };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    {
-        Ok(x) => x,
-        Err(e) => return Err(format!("the leader at {addr}: {e}")),
-    };
+    Ok(match sender.send_request(req).await {
+        Ok(resp) => resp.map(Body::new),
+        Err(e) => unavailable(format!("the leader at {addr} did not answer: {e}")),
+    })
+}
+
+/// An HTTP/1 connection over `stream`, driven in its own task.
+async fn open<S>(
+    stream: S,
+    addr: &str,
+) -> Result<hyper::client::conn::http1::SendRequest<Body>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("the leader at {addr}: {e}"))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "forwarded request connection closed");
         }
     });
-    Ok(match sender.send_request(req).await {
-        Ok(resp) => resp.map(Body::new),
-        Err(e) => unavailable(format!("the leader at {addr} did not answer: {e}")),
-    })
+    Ok(sender)
 }
 
 /// The API router's answer to a forwarded request (prefix removed).
