@@ -46,7 +46,7 @@ pub use shards::Placement;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Cursor;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -222,6 +222,8 @@ pub struct Cluster {
     cookie: String,
     /// Mutual TLS between members (`cluster.tls`), if on.
     tls: Option<tls::Tls>,
+    /// How long writes through this member took.
+    writes: Timing,
     /// openraft's leader lease (`Cluster::drain`).
     election_timeout_max_ms: u64,
     /// The node's API router, for requests followers forward to this node.
@@ -238,6 +240,58 @@ pub struct Cluster {
     store: Store,
     /// The member-watching task.
     watcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// How long one kind of operation took: count, sum and the longest, in
+/// microseconds (for `/metrics`).
+#[derive(Default)]
+pub struct Timing {
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl Timing {
+    /// An empty one (for statics).
+    pub const fn new() -> Self {
+        Self {
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+            max_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one operation that took `d`.
+    pub fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// The count, the sum and the longest under `names` (a `_total`, a
+    /// `_microseconds_total` and a `_microseconds_max`).
+    fn metrics(
+        &self,
+        names: [&'static str; 3],
+        help: &'static str,
+    ) -> [(&'static str, &'static str, &'static str, u64); 3] {
+        [
+            (
+                names[0],
+                help,
+                "counter",
+                self.count.load(Ordering::Relaxed),
+            ),
+            (
+                names[1],
+                help,
+                "counter",
+                self.sum_us.load(Ordering::Relaxed),
+            ),
+            (names[2], help, "gauge", self.max_us.load(Ordering::Relaxed)),
+        ]
+    }
 }
 
 /// The mesh listens on the cluster port + 1.
@@ -376,6 +430,7 @@ impl Cluster {
             server,
             cookie: cfg.cookie.clone(),
             tls,
+            writes: Timing::default(),
             election_timeout_max_ms: cfg.election_timeout_ms * 2,
             api,
             mesh: Arc::new(mesh),
@@ -497,6 +552,13 @@ impl Cluster {
     /// Replicates `cmd`: through this node if it leads, else through the
     /// leader. Returns once the command is applied on this node too.
     pub async fn write(&self, cmd: Command) -> Result<Applied, WriteError> {
+        let started = std::time::Instant::now();
+        let result = self.write_untimed(cmd).await;
+        self.writes.record(started.elapsed());
+        result
+    }
+
+    async fn write_untimed(&self, cmd: Command) -> Result<Applied, WriteError> {
         let give_up = tokio::time::Instant::now() + WRITE_PATIENCE;
         let mut last = String::from("no leader elected yet");
         loop {
@@ -662,29 +724,50 @@ impl Cluster {
     }
 
     /// This member's cluster counters, for `/metrics`.
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 4] {
-        [
+    pub fn counters(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+        let mut out = vec![
             (
                 "vpp_cluster_tls_handshakes_failed_total",
                 "TLS handshakes with other members that failed (cluster.tls)",
+                "counter",
                 tls::handshakes_failed(),
             ),
             (
                 "vpp_cluster_mesh_bad_messages_total",
                 "actor-mesh messages from other members that could not be decoded",
+                "counter",
                 self.shared.bad_messages.load(Ordering::Relaxed),
             ),
             (
                 "vpp_cluster_mesh_casts_lost_total",
                 "one-way messages to other members that could not be sent (repaired by re-sending)",
+                "counter",
                 self.shared.casts_lost.load(Ordering::Relaxed),
             ),
             (
                 "vpp_cluster_mesh_sessions_closed_total",
                 "actor-mesh sessions to other members that closed",
+                "counter",
                 self.mesh.losses(),
             ),
-        ]
+        ];
+        out.extend(self.writes.metrics(
+            [
+                "vpp_cluster_writes_total",
+                "vpp_cluster_write_microseconds_total",
+                "vpp_cluster_write_microseconds_max",
+            ],
+            "replicated writes made through this member, from the call to applied here",
+        ));
+        out.extend(storage::LOG_APPENDS.metrics(
+            [
+                "vpp_cluster_log_appends_total",
+                "vpp_cluster_log_append_microseconds_total",
+                "vpp_cluster_log_append_microseconds_max",
+            ],
+            "Raft log appends on this member, written and flushed to disk",
+        ));
+        out
     }
 
     /// True once this member's part of the fleet is built for the

@@ -494,9 +494,19 @@ fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
         "vpp_cluster_mesh_bad_messages_total 0",
         "vpp_cluster_mesh_casts_lost_total",
         "vpp_cluster_mesh_sessions_closed_total",
+        "vpp_cluster_writes_total",
+        "vpp_cluster_write_microseconds_total",
+        "# TYPE vpp_cluster_write_microseconds_max gauge",
+        "vpp_cluster_log_append_microseconds_total",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
+    // Every member appends to its log (the account above, at least).
+    let appends = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vpp_cluster_log_appends_total "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(appends.is_some_and(|n| n > 0), "{appends:?}");
     let old = leader(&m, &token);
     let i = m.iter().position(|x| x.name == old).unwrap();
     // Every member runs shards to begin with.

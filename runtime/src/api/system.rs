@@ -143,10 +143,10 @@ pub(crate) async fn metrics(State(node): State<AppState>) -> impl IntoResponse {
         );
     }
     if let Some(c) = node.writes().cluster() {
-        for (name, help, v) in c.counters() {
+        for (name, help, kind, v) in c.counters() {
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
         }
     }

@@ -47,6 +47,9 @@ fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, AnyError> {
 }
 
 /// The log, in the `raft_log` tree.
+/// Log appends on this member, until flushed (`/metrics`).
+pub(super) static LOG_APPENDS: super::Timing = super::Timing::new();
+
 #[derive(Clone)]
 pub(super) struct LogStore {
     store: Store,
@@ -152,9 +155,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             rows.push((e.log_id.index, enc(&e).map_err(StorageIOError::write_logs)?));
         }
         let store = self.store.clone();
+        let started = std::time::Instant::now();
         let res = tokio::task::spawn_blocking(move || store.raft_log_append(&rows))
             .await
             .map_err(|e| StorageIOError::write_logs(io(e)))?;
+        LOG_APPENDS.record(started.elapsed());
         match res {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
