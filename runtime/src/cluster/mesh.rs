@@ -25,9 +25,12 @@
 //! sending). A message shares its session with the heartbeat: one that takes
 //! longer than the heartbeat timeout to transfer would cost the session.
 //!
-//! Transport security: with `[cluster.tls]` the listener uses
-//! `IncomingEncryptionMode::Tls` and peers are dialed with
-//! `client_connect_enc` (mutual TLS, `tls.rs`); without it, plain TCP. The
+//! Transport security: with `[cluster.tls]` the mesh port is our own
+//! [`TlsListener`] (each handshake in its own task, with a time limit; the
+//! node server's own listener would run them one at a time with none), which
+//! hands finished streams to the node server; its own listener then binds an
+//! unused loopback port. Peers are dialed with `client_connect_enc` (mutual
+//! TLS, `tls.rs`). Without TLS: plain TCP on the node server's listener. The
 //! cookie is checked either way.
 
 use std::collections::{HashMap, HashSet};
@@ -48,7 +51,7 @@ use ractor_cluster::{
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::tls::{handshake_failed, server_name, Tls};
+use super::tls::{handshake_failed, server_name, Tls, TlsListener};
 
 /// Process group holding a member's region actor is this prefix + its name.
 const REGION_GROUP_PREFIX: &str = "vpp-region-";
@@ -119,6 +122,8 @@ pub struct Mesh {
     node_server: ActorRef<NodeServerMessage>,
     region: ActorRef<RegionMsg>,
     keeper: Mutex<Option<JoinHandle<()>>>,
+    /// With TLS: the task handing accepted sessions to the node server.
+    tls_accepter: Option<JoinHandle<()>>,
     stopped: AtomicBool,
     /// Sessions closed so far (messages in flight on them may be lost).
     closed: Arc<AtomicU64>,
@@ -156,6 +161,23 @@ impl Mesh {
                 ));
             }
         };
+        let tls_accepter = match &cfg.tls {
+            None => None,
+            Some(tls) => match tokio::net::TcpListener::bind(cfg.listen).await {
+                Ok(listener) => Some(tokio::spawn(accept_tls(
+                    TlsListener::new(listener, tls.acceptor(), "mesh"),
+                    node_server.clone(),
+                ))),
+                Err(e) => {
+                    region.stop(None);
+                    node_server.stop(None);
+                    return Err(format!(
+                        "mesh listener of {} on {} failed to start: {e}",
+                        cfg.me, cfg.listen
+                    ));
+                }
+            },
+        };
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let subscribe = NodeServerMessage::SubscribeToEvents {
             id: SUBSCRIPTION_ID.to_string(),
@@ -191,6 +213,7 @@ impl Mesh {
             node_server,
             region,
             keeper: Mutex::new(Some(tokio::spawn(keeper.run()))),
+            tls_accepter,
             stopped: AtomicBool::new(false),
         })
     }
@@ -247,6 +270,9 @@ impl Mesh {
     /// Stops the keeper, the region actor and the node server (closing all sessions).
     pub async fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
+        if let Some(a) = &self.tls_accepter {
+            a.abort();
+        }
         let keeper = self
             .keeper
             .lock()
@@ -357,19 +383,46 @@ fn node_name(member: &str) -> String {
 /// hostname: two pods listening on the same `0.0.0.0:port` would otherwise
 /// share a connection string and reject each other as "self".
 fn node_server(cfg: &MeshConfig) -> NodeServer {
+    // With TLS, [`accept_tls`] serves the mesh port; the node server's own
+    // listener takes a loopback port nobody is told about.
+    let (port, ip) = match &cfg.tls {
+        Some(_) => (0, std::net::IpAddr::from([127, 0, 0, 1])),
+        None => (cfg.listen.port(), cfg.listen.ip()),
+    };
     NodeServer::new(
-        cfg.listen.port(),
+        port,
         cfg.cookie.clone(),
         cfg.me.clone(),
         cfg.me.clone(),
-        Some(match &cfg.tls {
-            Some(tls) => IncomingEncryptionMode::Tls(tls.acceptor()),
-            None => IncomingEncryptionMode::Raw,
-        }),
+        Some(IncomingEncryptionMode::Raw),
         Some(NodeConnectionMode::Isolated),
     )
-    .with_listen_addr(cfg.listen.ip())
+    .with_listen_addr(ip)
     .with_max_inbound_frame_size(MAX_FRAME)
+}
+
+/// Hands every session [`TlsListener`] accepted (handshake done) to the node
+/// server, as its own listener would.
+async fn accept_tls(mut listener: TlsListener, node_server: ActorRef<NodeServerMessage>) {
+    use axum::serve::Listener;
+    loop {
+        let (stream, peer_addr) = listener.accept().await;
+        let local_addr = match stream.get_ref().0.local_addr() {
+            Ok(a) => a,
+            Err(_) => continue,
+        };
+        let opened = NodeServerMessage::ConnectionOpened {
+            stream: Box::new(ractor_cluster::NetworkStream::TlsServer {
+                peer_addr,
+                local_addr,
+                stream,
+            }),
+            is_server: true,
+        };
+        if node_server.cast(opened).is_err() {
+            return;
+        }
+    }
 }
 
 /// Opens a TCP connection to `addr` (resolving it now), runs the TLS

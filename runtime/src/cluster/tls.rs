@@ -42,10 +42,34 @@ pub fn handshakes_failed() -> u64 {
     HANDSHAKES_FAILED.load(Ordering::Relaxed)
 }
 
-/// Counts a failed handshake and logs it.
+/// One warning about failed handshakes per this long; the rest are counted.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// When a failed handshake was last logged, and how many were not since.
+static LAST_LOGGED: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+static UNLOGGED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a failed handshake and logs it (at most one line per
+/// [`LOG_EVERY`], with how many were not logged).
 pub(super) fn handshake_failed(channel: &str, peer: impl std::fmt::Display, why: &str) {
     HANDSHAKES_FAILED.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(%peer, channel, reason = why, "TLS handshake with a peer failed");
+    let now = std::time::Instant::now();
+    let due = match LAST_LOGGED.lock() {
+        Ok(mut last) => {
+            let due = last.is_none_or(|t| now.duration_since(t) >= LOG_EVERY);
+            if due {
+                *last = Some(now);
+            }
+            due
+        }
+        Err(_) => true,
+    };
+    if due {
+        let unlogged = UNLOGGED.swap(0, Ordering::Relaxed);
+        tracing::warn!(%peer, channel, reason = why, unlogged, "TLS handshake with a peer failed");
+    } else {
+        UNLOGGED.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Loaded TLS settings of this member, shared by every channel.
@@ -497,6 +521,8 @@ mod tests {
             tls_listener
         });
         let before = handshakes_failed();
+        // A peer that connects and never says a word holds nobody up.
+        let _silent = TcpStream::connect(addr).await.unwrap();
         // A certificate from another CA: the server refuses it.
         let mut refused = stranger.connect(&addr.to_string()).await;
         if let Ok(s) = refused.as_mut() {
