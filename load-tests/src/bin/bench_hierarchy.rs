@@ -21,6 +21,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The allocator the `vpp` binary uses (runtime/src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, Result};
 use clap::Parser;
 use vpp_actors::{Fleet, FleetConfig, Journal, Metrics, NullJournal};
