@@ -105,8 +105,32 @@ impl Members {
                 "cluster.cookie (VPP_CLUSTER_COOKIE) must be set when cluster.node is".into(),
             );
         }
+        let mut named = Self::parse_list(&c.members)?;
+        named.sort();
+        let all: BTreeMap<u64, (String, String)> = named
+            .into_iter()
+            .zip(1u64..)
+            .map(|(m, id)| (id, m))
+            .collect();
+        let me = all
+            .iter()
+            .find(|(_, (n, _))| *n == c.node)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| {
+                format!(
+                    "this node, {:?} (cluster.node / VPP_CLUSTER_NODE), is not among the members {:?}",
+                    c.node, c.members
+                )
+            })?;
+        Ok(Members { me, all })
+    }
+
+    /// `name@host:port` entries as (name, address), in the given order.
+    /// Errors name the entry: not `name@host:port`, a bad name, a name
+    /// listed twice.
+    pub fn parse_list(list: &[String]) -> Result<Vec<(String, String)>, String> {
         let mut named: Vec<(String, String)> = Vec::new();
-        for m in &c.members {
+        for m in list {
             let Some((name, addr)) = m.split_once('@') else {
                 return Err(format!("member {m:?} is not name@host:port"));
             };
@@ -128,23 +152,7 @@ impl Members {
             }
             named.push((name.to_string(), addr.to_string()));
         }
-        named.sort();
-        let all: BTreeMap<u64, (String, String)> = named
-            .into_iter()
-            .zip(1u64..)
-            .map(|(m, id)| (id, m))
-            .collect();
-        let me = all
-            .iter()
-            .find(|(_, (n, _))| *n == c.node)
-            .map(|(id, _)| *id)
-            .ok_or_else(|| {
-                format!(
-                    "this node, {:?} (cluster.node / VPP_CLUSTER_NODE), is not among the members {:?}",
-                    c.node, c.members
-                )
-            })?;
-        Ok(Members { me, all })
+        Ok(named)
     }
 
     /// Every member's name.

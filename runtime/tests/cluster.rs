@@ -165,6 +165,22 @@ fn ledger_head(m: &Member, token: &str) -> Value {
     v
 }
 
+/// The capacity of `north` as every member answers it (asserted equal,
+/// apart from when it was read).
+fn same_capacity_everywhere(m: &[Member], token: &str) -> Value {
+    let caps: Vec<Value> = m
+        .iter()
+        .map(|x| {
+            let (s, mut v) = x.get(token, "/api/v1/nodes/north/capacity");
+            assert_eq!(s, 200, "{}: {v}", x.name);
+            v["as_of_ms"] = Value::Null; // when it was read
+            v
+        })
+        .collect();
+    assert!(caps.windows(2).all(|w| w[0] == w[1]), "{caps:#?}");
+    caps.into_iter().next().unwrap_or_default()
+}
+
 /// Three members started and ready, and the first operator's token once
 /// every member knows it.
 fn up(root: &Path) -> (Vec<Member>, String) {
@@ -225,17 +241,8 @@ fn writes_through_any_member_survive_the_leader_being_killed() {
     }
 
     // Every member answers fleet reads alike (followers ask the leader).
-    let caps: Vec<Value> = m
-        .iter()
-        .map(|x| {
-            let (s, mut v) = x.get(&token, "/api/v1/nodes/north/capacity");
-            assert_eq!(s, 200, "{}: {v}", x.name);
-            v["as_of_ms"] = Value::Null; // when it was read
-            v
-        })
-        .collect();
-    assert!(caps.windows(2).all(|w| w[0] == w[1]), "{caps:#?}");
-    assert_eq!(caps[0]["committed_up_kw"], json!(5.0), "the order is held");
+    let cap = same_capacity_everywhere(&m, &token);
+    assert_eq!(cap["committed_up_kw"], json!(5.0), "the order is held");
     // The leader split the order.
     let placed = |x: &Member| {
         let (s, v) = x.get(&token, "/api/v1/dispatches/d-cluster-1");
@@ -384,17 +391,8 @@ fn members_with_tls_replicate_split_across_the_mesh_and_refuse_plaintext() {
         .filter(|id| tree.contains(&format!("\"{id}\"")))
         .collect();
     assert!(!sites.is_empty(), "{placed}");
-    let caps: Vec<Value> = m
-        .iter()
-        .map(|x| {
-            let (s, mut v) = x.get(&token, "/api/v1/nodes/north/capacity");
-            assert_eq!(s, 200, "{}: {v}", x.name);
-            v["as_of_ms"] = Value::Null;
-            v
-        })
-        .collect();
-    assert!(caps.windows(2).all(|w| w[0] == w[1]), "{caps:#?}\n{status}");
-    assert_eq!(caps[0]["committed_up_kw"], json!(5.0));
+    let cap = same_capacity_everywhere(&m, &token);
+    assert_eq!(cap["committed_up_kw"], json!(5.0), "{status}");
 
     // Plaintext on either port gets nothing, and the refusals are counted.
     let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -227,13 +227,16 @@ impl Tls {
 /// The name a member's certificate must carry: the host of `host:port`
 /// (a DNS name or an IP address).
 pub fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
-    let host = addr
-        .rsplit_once(':')
-        .map(|(h, _)| h)
-        .ok_or_else(|| format!("{addr:?} is not host:port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host_of(addr)?;
     ServerName::try_from(host.to_string())
         .map_err(|e| format!("{host:?} is not a DNS name or IP address: {e}"))
+}
+
+/// The host of `host:port` (brackets of an IPv6 address removed).
+fn host_of(addr: &str) -> Result<&str, String> {
+    addr.rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .ok_or_else(|| format!("{addr:?} is not host:port"))
 }
 
 /// A TCP listener that hands axum only connections whose TLS handshake
@@ -329,6 +332,10 @@ pub fn issue(members: &[String], valid_days: u32) -> Result<Vec<Issued>, String>
     if members.is_empty() {
         return Err("no members given (--members name@host:port,...)".into());
     }
+    let listed = super::Members::parse_list(members)?;
+    for (name, addr) in &listed {
+        server_name(addr).map_err(|e| format!("member \"{name}@{addr}\": {e}"))?;
+    }
     if !(1..=36_500).contains(&valid_days) {
         return Err(format!(
             "--valid-days {valid_days}: must be between 1 and 36500"
@@ -372,28 +379,9 @@ pub fn issue(members: &[String], valid_days: u32) -> Result<Vec<Issued>, String>
         },
     ];
     let issuer = Issuer::new(ca, ca_key);
-    let mut seen = std::collections::BTreeSet::new();
-    for m in members {
-        let Some((name, addr)) = m.split_once('@') else {
-            return Err(format!("member {m:?} is not name@host:port"));
-        };
-        let ok_name = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !ok_name {
-            return Err(format!(
-                "member {m:?}: the name must be letters, digits, - _ or ."
-            ));
-        }
-        if !seen.insert(name.to_string()) {
-            return Err(format!("member name {name:?} is listed twice"));
-        }
-        server_name(addr).map_err(|e| format!("member {m:?}: {e}"))?;
-        let host = addr
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-            .unwrap_or(addr);
+    for (name, addr) in &listed {
+        let m = format!("{name}@{addr}");
+        let host = host_of(addr)?;
         let mut names = vec![host.to_string()];
         if name != host && ServerName::try_from(name.to_string()).is_ok() {
             names.push(name.to_string());
@@ -444,8 +432,8 @@ fn civil_from_days(days: u64) -> (i32, u8, u8) {
 }
 
 /// Writes `issued` into `dir` (created if missing). Nothing is written when
-/// any of the files already exists; keys are made readable by their owner
-/// only.
+/// any of the files already exists, and files this call wrote are removed
+/// again if a later one fails; keys are made readable by their owner only.
 pub fn write_issued(dir: &Path, issued: &[Issued]) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     if let Some(f) = issued.iter().find(|f| dir.join(&f.file).exists()) {
@@ -454,22 +442,30 @@ pub fn write_issued(dir: &Path, issued: &[Issued]) -> Result<(), String> {
             dir.join(&f.file).display()
         ));
     }
+    let mut written = Vec::new();
     for f in issued {
         let path = dir.join(&f.file);
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(if f.secret { 0o600 } else { 0o644 });
+        if let Err(e) = write_new(&path, f) {
+            for w in &written {
+                let _ = std::fs::remove_file(w);
+            }
+            return Err(format!("{}: {e}; nothing was kept", path.display()));
         }
-        let mut file = opts
-            .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        std::io::Write::write_all(&mut file, f.pem.as_bytes())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        written.push(path);
     }
     Ok(())
+}
+
+/// Creates `path` (it must not exist) holding `f`'s PEM text.
+fn write_new(path: &Path, f: &Issued) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if f.secret { 0o600 } else { 0o644 });
+    }
+    std::io::Write::write_all(&mut opts.open(path)?, f.pem.as_bytes())
 }
 
 #[cfg(test)]
@@ -501,6 +497,13 @@ mod tests {
         write_issued(dir.path(), &issue(&members, 30).unwrap()).unwrap();
         let err = write_issued(dir.path(), &issue(&members, 30).unwrap()).unwrap_err();
         assert!(err.contains("already exists"), "{err}");
+        // A file that cannot be written midway: the ones before it go again.
+        let partial = tempfile::tempdir().unwrap();
+        let mut set = issue(&members, 30).unwrap();
+        set[3].file = "missing-dir/n1.key".into();
+        let err = write_issued(partial.path(), &set).unwrap_err();
+        assert!(err.contains("nothing was kept"), "{err}");
+        assert_eq!(std::fs::read_dir(partial.path()).unwrap().count(), 0);
         let n1 = Tls::load(&files(dir.path(), "n1")).unwrap().unwrap();
         let n2 = Tls::load(&files(dir.path(), "n2")).unwrap().unwrap();
         let other = tempfile::tempdir().unwrap();
