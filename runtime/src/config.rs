@@ -75,6 +75,8 @@ pub struct StoreConfig {
     pub flush_every_ms: u64,
     /// See `config/vpp.toml`.
     pub write_behind_ms: u64,
+    /// See `config/vpp.toml`.
+    pub write_behind_nice: i32,
 }
 
 /// `[api]`
@@ -331,6 +333,7 @@ impl Default for StoreConfig {
             cache_mb: 256,
             flush_every_ms: 500,
             write_behind_ms: 200,
+            write_behind_nice: 10,
         }
     }
 }
@@ -481,6 +484,9 @@ impl NodeConfig {
         if !(1..=60_000).contains(&self.store.write_behind_ms) {
             return bad("store.write_behind_ms", "must be between 1 and 60000");
         }
+        if !(0..=19).contains(&self.store.write_behind_nice) {
+            return bad("store.write_behind_nice", "must be between 0 and 19");
+        }
         if !(1..=4096).contains(&self.api.max_body_mb) {
             return bad("api.max_body_mb", "must be between 1 and 4096");
         }
@@ -600,6 +606,7 @@ mod tests {
         assert_eq!(c.rollup.interval_ms, d.rollup.interval_ms);
         assert_eq!(c.dispatch.timeout_s, d.dispatch.timeout_s);
         assert_eq!(c.store.cache_mb, d.store.cache_mb);
+        assert_eq!(c.store.write_behind_nice, d.store.write_behind_nice);
         assert_eq!(c.api.max_body_mb, d.api.max_body_mb);
         assert_eq!(c.mqtt.broker, d.mqtt.broker);
         assert_eq!(c.mqtt.listen, d.mqtt.listen);
@@ -748,6 +755,11 @@ mod tests {
     fn out_of_range_is_named() {
         let e = NodeConfig::parse("x.toml", "[rollup]\ninterval_ms = 0\n").unwrap_err();
         assert!(e.to_string().contains("rollup.interval_ms"), "{e}");
+        for nice in ["-1", "20"] {
+            let text = format!("[store]\nwrite_behind_nice = {nice}\n");
+            let e = NodeConfig::parse("x.toml", &text).unwrap_err();
+            assert!(e.to_string().contains("store.write_behind_nice"), "{e}");
+        }
         let e = NodeConfig::parse("x.toml", "listen = \"nowhere\"\n").unwrap_err();
         assert!(e.to_string().contains("x.toml"), "{e}");
     }

@@ -180,6 +180,7 @@ impl Node {
             store.clone(),
             WriteBehindOptions {
                 interval: std::time::Duration::from_millis(config.store.write_behind_ms),
+                nice: config.store.write_behind_nice,
                 ..WriteBehindOptions::default()
             },
         )?;

@@ -66,6 +66,12 @@ pub struct WriteBehindOptions {
     /// Apply at once when this many distinct keys are pending, so a burst
     /// (a fleet reconnecting) does not pile up for a whole interval.
     pub max_pending: usize,
+    /// Nice value of the write-behind thread (0 = as the process, up to
+    /// 19 = yield the most; Linux only, elsewhere ignored). Persisting
+    /// derived state yields to the actors when the cores are busy: a root
+    /// dispatch split to a million DERs is done sooner, and the write-behind
+    /// catches up right after (what that delays is in ARCHITECTURE.md).
+    pub nice: i32,
 }
 
 impl Default for WriteBehindOptions {
@@ -73,6 +79,7 @@ impl Default for WriteBehindOptions {
         Self {
             interval: Duration::from_millis(200),
             max_pending: 50_000,
+            nice: 10,
         }
     }
 }
@@ -140,7 +147,10 @@ impl WriteBehind {
         let thread_counters = Arc::clone(&counters);
         let thread = std::thread::Builder::new()
             .name("vpp-store-write-behind".into())
-            .spawn(move || run(&store, &rx, options, &thread_counters))
+            .spawn(move || {
+                lower_priority(options.nice);
+                run(&store, &rx, options, &thread_counters)
+            })
             .map_err(StoreError::Thread)?;
         Ok(WriteBehind {
             handle: WriteBehindHandle { tx, counters },
@@ -385,6 +395,23 @@ impl Pending {
                 counters.apply_errors.fetch_add(1, Ordering::Relaxed);
                 Err(e)
             }
+        }
+    }
+}
+
+/// Gives the calling thread nice value `nice`; a failure (not allowed, say)
+/// is logged and the thread runs on as it was.
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // Linux keeps a nice value per thread: PRIO_PROCESS with a thread id
+        // sets only that thread's.
+        let tid = rustix::thread::gettid();
+        if let Err(error) = rustix::process::setpriority_process(Some(tid), nice) {
+            tracing::warn!(%error, nice, "write-behind: could not lower the thread's priority");
         }
     }
 }

@@ -16,7 +16,41 @@ fn slow() -> WriteBehindOptions {
     WriteBehindOptions {
         interval: Duration::from_secs(3600),
         max_pending: usize::MAX,
+        nice: 0,
     }
+}
+
+/// The nice value of this process's thread whose name starts with `name`
+/// (Linux: field 19 of /proc/self/task/TID/stat).
+#[cfg(target_os = "linux")]
+fn thread_nice(name: &str) -> Option<i32> {
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        if comm.trim_end().starts_with(name) {
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // After "(comm)": state is field 3, nice field 19.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            return rest.split(' ').nth(16)?.parse().ok();
+        }
+    }
+    None
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_thread_runs_at_the_nice_value_asked_for() {
+    let (_dir, store) = temp_store();
+    let options = WriteBehindOptions {
+        nice: 7,
+        ..WriteBehindOptions::default()
+    };
+    let wb = WriteBehind::start(store, options).unwrap();
+    // The thread sets its priority first thing; a flush proves it has run.
+    wb.handle().flush_blocking().unwrap();
+    // Thread names are cut to 15 bytes in /proc.
+    assert_eq!(thread_nice("vpp-store-write"), Some(7));
+    wb.shutdown().unwrap();
 }
 
 #[test]
