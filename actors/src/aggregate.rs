@@ -19,6 +19,10 @@
 //! ```
 //!
 //! The root has no parent: its sum is current the moment a report arrives.
+//! A child on the same member does not send its report as a message: it puts
+//! it in the parent's inbox and wakes the parent once per window
+//! (`inbox.rs`); a child on another member sends `ChildReport`. A site
+//! reports once per message it handled, however many of its DERs changed.
 //!
 //! Dispatch (the closed loop), for one share of one order:
 //!
@@ -32,8 +36,10 @@
 //! ```
 
 mod dispatch;
+mod inbox;
 
 pub(crate) use dispatch::Loss;
+pub(crate) use inbox::Inbox;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -42,8 +48,8 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use vpp_domain::{
-    DerState, Direction, DispatchId, DispatchOrder, FlexEnvelope, NodeAllocation, NodeId, NodeKind,
-    NodeSpec, Strategy,
+    DerFlex, DerState, Direction, DispatchId, DispatchOrder, FlexEnvelope, NodeAllocation, NodeId,
+    NodeKind, NodeSpec, Strategy,
 };
 
 use crate::build::FleetCtx;
@@ -72,8 +78,9 @@ pub(crate) struct ChildSpec {
 
 /// Where an aggregate reports to.
 pub(crate) enum Parent {
-    /// An actor on this member, and this node's index among its children.
-    Local(ActorRef<AggregateMsg>, u32),
+    /// An actor on this member, this node's index among its children, and
+    /// the parent's inbox for reports (see `inbox.rs`).
+    Local(ActorRef<AggregateMsg>, u32, Arc<Inbox>),
     /// A virtual DER on another member, and this node's index there.
     Remote(NodeId, u32),
 }
@@ -97,6 +104,9 @@ pub(crate) struct AggregateArgs {
     pub(crate) ders: Vec<DerActor>,
     /// Allocations restored from the journal: orders still active.
     pub(crate) allocations: Vec<(Arc<DispatchOrder>, NodeAllocation)>,
+    /// Where local children put their reports (virtual DERs; `None` for
+    /// sites, whose children are hosted).
+    pub(crate) inbox: Option<Arc<Inbox>>,
     pub(crate) ctx: Arc<FleetCtx>,
 }
 
@@ -151,6 +161,9 @@ pub(crate) struct Aggregate {
     dirty: bool,
     flush_pending: bool,
     pub(crate) allocs: HashMap<DispatchId, Alloc>,
+    inbox: Option<Arc<Inbox>>,
+    /// Reports taken from the inbox (kept to reuse its allocation).
+    drained: Vec<(u32, FlexEnvelope)>,
     pub(crate) ctx: Arc<FleetCtx>,
 }
 
@@ -213,6 +226,8 @@ fn start(a: AggregateArgs) -> Aggregate {
         dirty: false,
         flush_pending: false,
         allocs,
+        inbox: a.inbox,
+        drained: Vec::new(),
         ctx: a.ctx,
     }
 }
@@ -276,7 +291,16 @@ aggregate_actor!(VirtualDerActor);
 
 impl Aggregate {
     async fn handle(&mut self, myself: ActorRef<AggregateMsg>, msg: AggregateMsg) {
+        match msg {
+            // These two decide themselves when to drain (see `inbox.rs`).
+            AggregateMsg::ReportsWaiting | AggregateMsg::Flush => {}
+            _ => self.drain_reports(),
+        }
         self.handle_msg(myself, msg).await;
+        if self.dirty && !self.ders.is_empty() {
+            // A site reports once per message it handled (see `mark_dirty`).
+            self.flush();
+        }
         if self.ders_dirty {
             self.persist_ders();
         }
@@ -315,8 +339,24 @@ impl Aggregate {
                 c.env = *env;
                 self.mark_dirty(&myself);
             }
+            AggregateMsg::ReportsWaiting => {
+                if self.parent.is_none() {
+                    // The root's sum is current as soon as reports arrive.
+                    if let Some(inbox) = &self.inbox {
+                        inbox.disarm();
+                    }
+                    self.drain_reports();
+                } else if !self.flush_pending {
+                    self.flush_pending = true;
+                    myself.send_after(self.interval(), || AggregateMsg::Flush);
+                }
+            }
             AggregateMsg::Flush => {
                 self.flush_pending = false;
+                if let Some(inbox) = &self.inbox {
+                    inbox.disarm();
+                }
+                self.drain_reports();
                 if self.dirty {
                     self.flush();
                 }
@@ -434,6 +474,24 @@ impl Aggregate {
         }
     }
 
+    /// Folds the reports waiting in the inbox into the sum. Reports of a
+    /// child that has failed since are dropped (it stays out).
+    fn drain_reports(&mut self) {
+        let Some(inbox) = &self.inbox else {
+            return;
+        };
+        inbox.drain(&mut self.drained);
+        for (idx, env) in self.drained.drain(..) {
+            if let Some(c) = self.children.get_mut(idx as usize) {
+                if !c.failed {
+                    self.sum.replace(&c.env, &env);
+                    c.env = env;
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
     fn interval(&self) -> Duration {
         self.ctx.config.rollup_interval
     }
@@ -442,14 +500,14 @@ impl Aggregate {
         if self.parent.is_none() {
             return; // the root's sum is always current
         }
+        self.dirty = true;
         if !self.ders.is_empty() {
-            // A site reports as soon as it has handled a message: its input
+            // A site reports once it has handled a message (`handle` flushes
+            // after every message), not once per DER that changed: its input
             // already arrives batched per site, and a timer per site (a
             // quarter of a million of them) would cost more than it saves.
-            self.flush();
             return;
         }
-        self.dirty = true;
         if self.flush_pending {
             Metrics::inc(&self.ctx.metrics.reports_coalesced);
             return;
@@ -473,11 +531,12 @@ impl Aggregate {
     /// Sends the parent the last reported envelope.
     fn report_up(&mut self) {
         match &self.parent {
-            Some(Parent::Local(parent, idx)) => {
-                let _ = parent.cast(AggregateMsg::ChildReport {
-                    idx: *idx,
-                    env: Box::new(self.reported.clone()),
-                });
+            Some(Parent::Local(parent, idx, inbox)) => {
+                let first = inbox.put(*idx, &self.reported);
+                if first {
+                    // Only the first report since the parent's flush wakes it.
+                    let _ = parent.cast(AggregateMsg::ReportsWaiting);
+                }
             }
             Some(Parent::Remote(parent, idx)) => {
                 if let Some(link) = &self.ctx.remote {
@@ -703,11 +762,16 @@ impl Aggregate {
     }
 
     /// Folds hosted DER `idx`'s new envelope into the sum, if it changed.
-    fn fold_der(&mut self, myself: &ActorRef<AggregateMsg>, idx: usize, env: FlexEnvelope) {
+    /// A DER's envelope has only its own kind and the response (see
+    /// `DerFlex`), so only those are compared, summed and copied: this runs
+    /// once per DER per telemetry wave.
+    fn fold_der(&mut self, myself: &ActorRef<AggregateMsg>, idx: usize, new: DerFlex) {
         let c = &mut self.children[idx];
-        if env != c.env {
-            self.sum.replace(&c.env, &env);
-            c.env = env;
+        let old = c.env.der_part(new.kind);
+        if new != old {
+            self.sum.replace_der(&old, &new);
+            c.env.by_kind[new.kind.index()] = new.flex;
+            c.env.response = new.response;
             self.mark_dirty(myself);
         }
     }
@@ -715,8 +779,8 @@ impl Aggregate {
     /// Recomputes hosted DER `idx`'s envelope after it changed in place.
     pub(crate) fn der_changed(&mut self, myself: &ActorRef<AggregateMsg>, idx: usize) {
         self.ders_dirty = true;
-        if let Some(env) = self.ders.get(idx).map(DerActor::envelope) {
-            self.fold_der(myself, idx, env);
+        if let Some(flex) = self.ders.get(idx).map(DerActor::flex) {
+            self.fold_der(myself, idx, flex);
         }
     }
 

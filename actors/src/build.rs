@@ -21,7 +21,7 @@ use vpp_domain::{
     NodeKind, NodeSpec, Setpoint, SiteSpec, Topology, VirtualDerSpec,
 };
 
-use crate::aggregate::{AggregateArgs, ChildSpec, Parent, SiteActor, VirtualDerActor};
+use crate::aggregate::{AggregateArgs, ChildSpec, Inbox, Parent, SiteActor, VirtualDerActor};
 use crate::config::FleetConfig;
 use crate::der::{restored_envelope, DerActor};
 use crate::devices::DeviceLink;
@@ -308,6 +308,8 @@ pub(crate) async fn build(
     let mut index: FxHashMap<NodeId, NodeHandle> =
         FxHashMap::with_capacity_and_hasher(slots.len(), Default::default());
     let mut sites: Vec<ActorRef<AggregateMsg>> = Vec::new();
+    // Each local virtual DER's inbox, for its local children to report into.
+    let mut inboxes: Vec<Option<Arc<Inbox>>> = vec![None; slots.len()];
     let mut done = 0usize;
     let chunks = ctx.config.spawn_parallelism.max(1);
     // Which aggregates run on this member (all of them without a cluster).
@@ -346,13 +348,16 @@ pub(crate) async fn build(
                     let parent_ref = refs[p]
                         .clone()
                         .ok_or_else(|| format!("parent of {} did not start", s.id))?;
-                    Some(Parent::Local(parent_ref, my_idx))
+                    let inbox = inboxes[p]
+                        .clone()
+                        .ok_or_else(|| format!("parent of {} has no inbox", s.id))?;
+                    Some(Parent::Local(parent_ref, my_idx, inbox))
                 } else {
                     Some(Parent::Remote(slots[p].id.clone(), my_idx))
                 }
             };
             let sup = match &parent {
-                Some(Parent::Local(r, _)) => r.get_cell(),
+                Some(Parent::Local(r, _, _)) => r.get_cell(),
                 _ => supervisor.clone(),
             };
             let (f, n) = (s.first_child as usize, s.n_children as usize);
@@ -389,6 +394,8 @@ pub(crate) async fn build(
                     })
                     .collect()
             };
+            let inbox = (!is_site).then(|| Arc::new(Inbox::default()));
+            inboxes[idx] = inbox.clone();
             let args = AggregateArgs {
                 id: s.id.clone(),
                 kind: if is_site {
@@ -402,6 +409,7 @@ pub(crate) async fn build(
                 children,
                 ders,
                 allocations,
+                inbox,
                 ctx: ctx.clone(),
             };
             items.push((idx, Item { args, is_site }, sup));

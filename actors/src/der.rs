@@ -31,10 +31,10 @@
 
 use std::sync::Arc;
 
-use vpp_domain::flex::{der_envelope, der_response};
+use vpp_domain::flex::{der_envelope, der_flex, der_response};
 use vpp_domain::{
-    DerRating, DerSpec, DerState, Direction, DispatchId, DispatchOrder, FlexEnvelope, NodeKind,
-    NodeSpec, Setpoint,
+    DerFlex, DerRating, DerSpec, DerState, Direction, DispatchId, DispatchOrder, FlexEnvelope,
+    NodeKind, NodeSpec, Setpoint,
 };
 use vpp_protocol::{Ack, AckStatus, Desired, DesiredSetpoint, Reject};
 
@@ -155,8 +155,13 @@ impl DerActor {
 
     /// The DER's envelope now, with its response to the orders it holds.
     pub(crate) fn envelope(&self) -> FlexEnvelope {
-        let mut env = der_envelope(&self.spec.rating, &self.state);
-        env.response = der_response(
+        self.flex().envelope()
+    }
+
+    /// What the DER contributes to its site's envelope now (the envelope
+    /// without its empty kinds).
+    pub(crate) fn flex(&self) -> DerFlex {
+        let response = der_response(
             &self.state,
             self.baseline_w,
             self.held.iter().map(|h| {
@@ -167,7 +172,11 @@ impl DerActor {
                 )
             }),
         );
-        env
+        DerFlex {
+            kind: self.spec.rating.kind,
+            flex: der_flex(&self.spec.rating, &self.state),
+            response,
+        }
     }
 
     /// Applies a newer state; returns the new envelope. Older or equal
@@ -178,7 +187,7 @@ impl DerActor {
         state: DerState,
         heard_ms: Option<u64>,
         ctx: &FleetCtx,
-    ) -> Result<FlexEnvelope, StateRejected> {
+    ) -> Result<DerFlex, StateRejected> {
         if state.seq != 0 && state.seq <= self.state.seq {
             Metrics::inc(&ctx.metrics.states_rejected_stale);
             return Err(StateRejected::Stale {
@@ -194,7 +203,7 @@ impl DerActor {
             self.heard_ms = heard_ms;
         }
         Metrics::inc(&ctx.metrics.states_applied);
-        Ok(self.envelope())
+        Ok(self.flex())
     }
 
     /// Marks the DER offline if its device has been silent since `cutoff_ms`;

@@ -498,6 +498,25 @@ impl Fleet {
         items: impl IntoIterator<Item = (DerAddr, T)>,
         msg: impl Fn(Vec<(u32, T)>) -> AggregateMsg,
     ) {
+        let items = items.into_iter();
+        let sites = &self.inner.sites;
+        if items.size_hint().0 >= sites.len() / 4 {
+            // Many items (a wave over the fleet): one slot per site, no
+            // hashing; empty slots do not allocate.
+            let mut by_site: Vec<Vec<(u32, T)>> = Vec::new();
+            by_site.resize_with(sites.len(), Vec::new);
+            for (addr, item) in items {
+                if let Some(b) = by_site.get_mut(addr.site_no as usize) {
+                    b.push((addr.idx, item));
+                }
+            }
+            for (site, batch) in sites.iter().zip(by_site) {
+                if !batch.is_empty() {
+                    let _ = site.cast(msg(batch));
+                }
+            }
+            return;
+        }
         let mut by_site: rustc_hash::FxHashMap<u32, Vec<(u32, T)>> = Default::default();
         for (addr, item) in items {
             by_site
@@ -506,7 +525,7 @@ impl Fleet {
                 .push((addr.idx, item));
         }
         for (site_no, batch) in by_site {
-            if let Some(site) = self.inner.sites.get(site_no as usize) {
+            if let Some(site) = sites.get(site_no as usize) {
                 let _ = site.cast(msg(batch));
             }
         }

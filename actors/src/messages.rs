@@ -58,7 +58,11 @@ pub enum StateRejected {
 /// Messages to a site or virtual-DER actor. The `Der*` messages are for
 /// the DER actors a site hosts, by their index in the site.
 pub(crate) enum AggregateMsg {
-    /// A child's new envelope (index in the parent's child table).
+    /// Children on this member have put reports in the inbox (see
+    /// `aggregate/inbox.rs`).
+    ReportsWaiting,
+    /// A child's new envelope (index in the parent's child table), from a
+    /// child on another member.
     ChildReport {
         idx: u32,
         env: Box<FlexEnvelope>,

@@ -107,6 +107,60 @@ async fn leaf_change_reaches_the_root() {
     fleet.stop().await;
 }
 
+/// A batch of states for every DER of one site becomes one report from the
+/// site, then one per level above it: 3 reports for site → district →
+/// region → root, however many DERs the batch changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_reports_once_per_batch() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let h = hierarchy(Strategy::ProRata);
+    let metrics = Arc::new(Metrics::default());
+    let fleet = Fleet::start(
+        h,
+        config(Duration::from_millis(10)),
+        Arc::new(NullJournal),
+        Arc::new(vpp_actors::NoDevices),
+        metrics.clone(),
+    )
+    .await
+    .expect("fleet starts");
+    let root = id("root");
+    let before = fleet
+        .view(&root)
+        .await
+        .unwrap()
+        .envelope
+        .available_w(Direction::Up);
+    let sent_before = metrics.reports_sent.load(Relaxed);
+    let states = (0..3u64).map(|k| {
+        let rating = DerRating::new(DerKind::CurtailableLoad, 10_000 + 1_000 * k, 0);
+        let mut st = DerState::nominal(&rating);
+        st.power_w = 1_000;
+        st.seq = 1;
+        (id(&format!("r1d1s2l{k}")), st)
+    });
+    assert!(fleet.send_states(states).is_empty());
+    let after = eventually(5, || {
+        let f = fleet.clone();
+        let root = root.clone();
+        async move {
+            let v = f
+                .view(&root)
+                .await
+                .unwrap()
+                .envelope
+                .available_w(Direction::Up);
+            (v != before).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(after, before - (7_000 + 7_700 + 8_400) + 3 * 1_000);
+    // Let any further (wrong) report arrive before counting.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(metrics.reports_sent.load(Relaxed) - sent_before, 3);
+    fleet.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_reaches_every_leaf_with_the_expected_split() {
     let h = hierarchy(Strategy::ProRata);

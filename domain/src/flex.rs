@@ -143,17 +143,26 @@ impl FlexEnvelope {
     }
 
     /// Adds `other` into `self` (roll-up).
+    ///
+    /// A kind with no devices (`total == 0`) is all zeros, being a sum of
+    /// nothing, so it is skipped: a DER's envelope has one kind, a site's a
+    /// few, and the roll-up adds and removes millions of them.
     pub fn add(&mut self, other: &FlexEnvelope) {
         for (a, b) in self.by_kind.iter_mut().zip(other.by_kind.iter()) {
-            a.add(b);
+            if b.total != 0 {
+                a.add(b);
+            }
         }
         self.response.add(&other.response);
     }
 
-    /// Removes `other` from `self` (a child's previous report).
+    /// Removes `other` from `self` (a child's previous report). Kinds with
+    /// no devices are skipped, as in [`FlexEnvelope::add`].
     pub fn sub(&mut self, other: &FlexEnvelope) {
         for (a, b) in self.by_kind.iter_mut().zip(other.by_kind.iter()) {
-            a.sub(b);
+            if b.total != 0 {
+                a.sub(b);
+            }
         }
         self.response.sub(&other.response);
     }
@@ -162,6 +171,26 @@ impl FlexEnvelope {
     pub fn replace(&mut self, old: &FlexEnvelope, new: &FlexEnvelope) {
         self.sub(old);
         self.add(new);
+    }
+
+    /// Replaces one DER's contribution, as [`FlexEnvelope::replace`] but
+    /// touching only its kind and the response.
+    pub fn replace_der(&mut self, old: &DerFlex, new: &DerFlex) {
+        debug_assert_eq!(old.kind, new.kind);
+        let k = &mut self.by_kind[new.kind.index()];
+        k.sub(&old.flex);
+        k.add(&new.flex);
+        self.response.sub(&old.response);
+        self.response.add(&new.response);
+    }
+
+    /// DER `kind`'s contribution, when this is the envelope of one DER.
+    pub fn der_part(&self, kind: DerKind) -> DerFlex {
+        DerFlex {
+            kind,
+            flex: self.by_kind[kind.index()],
+            response: self.response,
+        }
     }
 
     /// All kinds summed.
@@ -219,6 +248,29 @@ fn soc_energy(energy_wh: u64, from_pct: f32, to_pct: f32) -> u64 {
     (energy_wh as f64 * span).round() as u64
 }
 
+/// What one DER contributes to an envelope: its own kind's flexibility and
+/// its response, nothing else (a tenth of a [`FlexEnvelope`], so the
+/// telemetry path moves and compares this instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DerFlex {
+    /// The DER's kind: the only one it contributes to.
+    pub kind: DerKind,
+    /// Its flexibility ([`der_flex`]).
+    pub flex: KindFlex,
+    /// Its response to the orders it holds ([`der_response`]).
+    pub response: Response,
+}
+
+impl DerFlex {
+    /// As a whole envelope.
+    pub fn envelope(&self) -> FlexEnvelope {
+        let mut env = FlexEnvelope::zero();
+        env.by_kind[self.kind.index()] = self.flex;
+        env.response = self.response;
+        env
+    }
+}
+
 /// One DER's [`Response`]. `baseline_w` is its net import before it took
 /// its first active setpoint; `held` lists its setpoints as (signed W with up
 /// positive, acknowledged, applied).
@@ -266,14 +318,22 @@ pub fn der_response(
 /// has taken local control count as online but offer nothing.
 pub fn der_envelope(rating: &DerRating, state: &DerState) -> FlexEnvelope {
     let mut env = FlexEnvelope::zero();
-    let k = &mut env.by_kind[rating.kind.index()];
+    env.by_kind[rating.kind.index()] = der_flex(rating, state);
+    env
+}
+
+/// The flexibility of one DER in its own kind: [`der_envelope`] without the
+/// other (empty) kinds.
+pub fn der_flex(rating: &DerRating, state: &DerState) -> KindFlex {
+    let mut kf = KindFlex::default();
+    let k = &mut kf;
     k.total = 1;
     if !state.online {
-        return env;
+        return kf;
     }
     k.online = 1;
     if !state.accepts_control {
-        return env;
+        return kf;
     }
     let imp = rating.max_import_w as i64;
     let exp = rating.max_export_w as i64;
@@ -325,7 +385,7 @@ pub fn der_envelope(rating: &DerRating, state: &DerState) -> FlexEnvelope {
     let cost = rating.cost_micros_per_kwh as u128;
     k.up_cost_weight = cost * k.up_w as u128;
     k.down_cost_weight = cost * k.down_w as u128;
-    env
+    kf
 }
 
 #[cfg(test)]
@@ -351,6 +411,40 @@ mod tests {
         assert_eq!((b.up_wh, b.down_wh), (4000, 4000));
         assert_eq!((b.online, b.total), (1, 1));
         assert_eq!(e.mean_cost(Direction::Up), 100_000);
+    }
+
+    #[test]
+    fn replace_der_and_sparse_sums_match_the_full_sum() {
+        // A sum over DERs of every kind, then each DER's state changes.
+        let ders: Vec<DerRating> = DerKind::ALL
+            .iter()
+            .map(|&k| {
+                let mut r = DerRating::new(k, 7_000, 3_000);
+                r.energy_wh = 20_000;
+                r.cost_micros_per_kwh = 50_000;
+                r
+            })
+            .collect();
+        let before: Vec<FlexEnvelope> = ders
+            .iter()
+            .map(|r| der_envelope(r, &DerState::nominal(r)))
+            .collect();
+        let mut sum = FlexEnvelope::sum(before.iter());
+        let mut after = Vec::new();
+        for (r, old) in ders.iter().zip(&before) {
+            let mut s = DerState::nominal(r);
+            s.power_w /= 2;
+            let mut new = der_envelope(r, &s);
+            new.response.requested_w = 1_000;
+            sum.replace_der(&old.der_part(r.kind), &new.der_part(r.kind));
+            assert_eq!(new.der_part(r.kind).envelope(), new);
+            after.push(new);
+        }
+        assert_eq!(sum, FlexEnvelope::sum(after.iter()));
+        for e in &after {
+            sum.sub(e);
+        }
+        assert_eq!(sum, FlexEnvelope::zero());
     }
 
     #[test]

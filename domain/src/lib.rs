@@ -45,7 +45,7 @@ pub use dispatch::{
     AllocationSummary, Direction, DispatchOrder, DispatchRecord, DispatchStatus, NodeAllocation,
     Refusal, Setpoint, Strategy,
 };
-pub use flex::{FlexEnvelope, KindFlex, Response};
+pub use flex::{DerFlex, FlexEnvelope, KindFlex, Response};
 pub use hierarchy::{
     DerSpec, Hierarchy, HierarchyError, NodeKind, NodeSpec, SiteSpec, Topology, VirtualDerSpec,
 };

@@ -393,7 +393,7 @@ impl Aggregate {
         }
         let reason = out.reason.unwrap_or(reason);
         match &self.parent {
-            Some(Parent::Local(parent, my_idx)) => {
+            Some(Parent::Local(parent, my_idx, _)) => {
                 let _ = parent.cast(AggregateMsg::ShareRefused {
                     idx: *my_idx,
                     dispatch: id.clone(),
