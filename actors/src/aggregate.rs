@@ -67,11 +67,79 @@ pub(crate) struct SiteActor;
 /// The actor of a virtual DER: its children are sites and virtual DERs.
 pub(crate) struct VirtualDerActor;
 
+/// What a parent keeps of one child's last report.
+pub(crate) enum ChildEnv {
+    /// A hosted DER: its contribution, one kind and its response (a site
+    /// keeps one per DER, so a quarter of a whole envelope's size matters).
+    Der(DerFlex),
+    /// A site or virtual DER: its whole envelope.
+    Node(Box<FlexEnvelope>),
+}
+
+impl ChildEnv {
+    pub(crate) fn node(env: FlexEnvelope) -> Self {
+        ChildEnv::Node(Box::new(env))
+    }
+
+    pub(crate) fn available_w(&self, dir: Direction) -> u64 {
+        match self {
+            ChildEnv::Der(d) => d.available_w(dir),
+            ChildEnv::Node(e) => e.available_w(dir),
+        }
+    }
+
+    pub(crate) fn mean_cost(&self, dir: Direction) -> u64 {
+        match self {
+            ChildEnv::Der(d) => d.mean_cost(dir),
+            ChildEnv::Node(e) => e.mean_cost(dir),
+        }
+    }
+
+    pub(crate) fn envelope(&self) -> FlexEnvelope {
+        match self {
+            ChildEnv::Der(d) => d.envelope(),
+            ChildEnv::Node(e) => (**e).clone(),
+        }
+    }
+
+    fn add_to(&self, sum: &mut FlexEnvelope) {
+        match self {
+            ChildEnv::Der(d) => sum.add_der(d),
+            ChildEnv::Node(e) => sum.add(e),
+        }
+    }
+
+    fn sub_from(&self, sum: &mut FlexEnvelope) {
+        match self {
+            ChildEnv::Der(d) => sum.sub_der(d),
+            ChildEnv::Node(e) => sum.sub(e),
+        }
+    }
+}
+
+/// Replaces child `c`'s report with `new` in `sum` and in `c`.
+fn set_child(sum: &mut FlexEnvelope, c: &mut Child, new: ChildEnv) {
+    c.env.sub_from(sum);
+    new.add_to(sum);
+    c.env = new;
+}
+
+/// Replaces an aggregate child's envelope (reusing its box).
+fn set_node(sum: &mut FlexEnvelope, c: &mut Child, new: &FlexEnvelope) {
+    match &mut c.env {
+        ChildEnv::Node(old) => {
+            sum.replace(old, new);
+            **old = new.clone();
+        }
+        ChildEnv::Der(_) => set_child(sum, c, ChildEnv::node(new.clone())),
+    }
+}
+
 /// One child as the builder describes it.
 pub(crate) struct ChildSpec {
     pub(crate) id: NodeId,
     pub(crate) kind: NodeKind,
-    pub(crate) env: FlexEnvelope,
+    pub(crate) env: ChildEnv,
     /// Runs on another cluster member (reached through `RemoteLink`).
     pub(crate) remote: bool,
 }
@@ -118,7 +186,7 @@ pub(crate) struct Child {
     /// The child's actor (virtual DERs' children; `None` for hosted DERs and
     /// for a child actor that is down).
     pub(crate) actor: Option<ActorRef<AggregateMsg>>,
-    pub(crate) env: FlexEnvelope,
+    pub(crate) env: ChildEnv,
     pub(crate) last_dispatched_ms: Option<u64>,
     pub(crate) failed: bool,
 }
@@ -181,7 +249,10 @@ fn start(a: AggregateArgs) -> Aggregate {
             failed: false,
         })
         .collect();
-    let sum = FlexEnvelope::sum(children.iter().map(|c| &c.env));
+    let mut sum = FlexEnvelope::zero();
+    for c in &children {
+        c.env.add_to(&mut sum);
+    }
     let index: HashMap<&NodeId, usize> = children
         .iter()
         .enumerate()
@@ -335,8 +406,7 @@ impl Aggregate {
                 let Some(c) = self.children.get_mut(idx as usize) else {
                     return;
                 };
-                self.sum.replace(&c.env, &env);
-                c.env = *env;
+                set_node(&mut self.sum, c, &env);
                 self.mark_dirty(&myself);
             }
             AggregateMsg::ReportsWaiting => {
@@ -444,7 +514,8 @@ impl Aggregate {
                 let view = match self.with_der(&myself, idx, |d, _| d.expire(now)) {
                     Ok(expired) => {
                         self.ders_dirty |= expired;
-                        self.ders.get(idx).map(|d| d.view(&self.children[idx].env))
+                        let env = self.children[idx].env.envelope();
+                        self.ders.get(idx).map(|d| d.view(&env))
                     }
                     Err(_) => None,
                 };
@@ -484,8 +555,7 @@ impl Aggregate {
         for (idx, env) in self.drained.drain(..) {
             if let Some(c) = self.children.get_mut(idx as usize) {
                 if !c.failed {
-                    self.sum.replace(&c.env, &env);
-                    c.env = env;
+                    set_node(&mut self.sum, c, &env);
                     self.dirty = true;
                 }
             }
@@ -595,9 +665,7 @@ impl Aggregate {
     async fn refresh(&mut self) {
         if !self.ders.is_empty() {
             for (c, d) in self.children.iter_mut().zip(&self.ders) {
-                let env = d.envelope();
-                self.sum.replace(&c.env, &env);
-                c.env = env;
+                set_child(&mut self.sum, c, ChildEnv::Der(d.flex()));
             }
             return;
         }
@@ -619,8 +687,7 @@ impl Aggregate {
         let results = futures::future::join_all(asks).await;
         for (c, r) in self.children.iter_mut().zip(results) {
             if let Ok(env) = r {
-                self.sum.replace(&c.env, &env);
-                c.env = env;
+                set_node(&mut self.sum, c, &env);
             }
         }
     }
@@ -660,7 +727,7 @@ impl Aggregate {
                 .enumerate()
                 .map(|(i, c)| ChildView {
                     id: c.id.clone(),
-                    envelope: c.env.clone(),
+                    envelope: c.env.envelope(),
                     committed_up_w: up[i],
                     committed_down_w: down[i],
                     failed: c.failed,
@@ -693,9 +760,7 @@ impl Aggregate {
         tracing::warn!(node = %self.id, child = %c.id, reason = %why, "child actor down");
         c.failed = true;
         c.actor = None;
-        let zero = FlexEnvelope::zero();
-        self.sum.replace(&c.env, &zero);
-        c.env = zero;
+        set_node(&mut self.sum, c, &FlexEnvelope::zero());
         self.mark_dirty(myself);
     }
 
@@ -734,11 +799,9 @@ impl Aggregate {
         tracing::warn!(node = %self.id, der = %spec.id, reason = %why, "der actor failed; restarting");
         let (state, setpoints) = self.ctx.last_record(&self.id, &spec);
         let der = DerActor::new(spec, state, setpoints, &self.ctx);
-        let env = der.envelope();
+        let flex = der.flex();
         self.ders[idx] = der;
-        let c = &mut self.children[idx];
-        self.sum.replace(&c.env, &env);
-        c.env = env;
+        set_child(&mut self.sum, &mut self.children[idx], ChildEnv::Der(flex));
         Metrics::inc(&self.ctx.metrics.actor_restarts);
         self.mark_dirty(myself);
     }
@@ -767,12 +830,17 @@ impl Aggregate {
     /// once per DER per telemetry wave.
     fn fold_der(&mut self, myself: &ActorRef<AggregateMsg>, idx: usize, new: DerFlex) {
         let c = &mut self.children[idx];
-        let old = c.env.der_part(new.kind);
-        if new != old {
-            self.sum.replace_der(&old, &new);
-            c.env.by_kind[new.kind.index()] = new.flex;
-            c.env.response = new.response;
-            self.mark_dirty(myself);
+        match &mut c.env {
+            ChildEnv::Der(old) if *old == new => {}
+            ChildEnv::Der(old) => {
+                self.sum.replace_der(old, &new);
+                *old = new;
+                self.mark_dirty(myself);
+            }
+            ChildEnv::Node(_) => {
+                set_child(&mut self.sum, c, ChildEnv::Der(new));
+                self.mark_dirty(myself);
+            }
         }
     }
 

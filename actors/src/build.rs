@@ -21,7 +21,9 @@ use vpp_domain::{
     NodeKind, NodeSpec, Setpoint, SiteSpec, Topology, VirtualDerSpec,
 };
 
-use crate::aggregate::{AggregateArgs, ChildSpec, Inbox, Parent, SiteActor, VirtualDerActor};
+use crate::aggregate::{
+    AggregateArgs, ChildEnv, ChildSpec, Inbox, Parent, SiteActor, VirtualDerActor,
+};
 use crate::config::FleetConfig;
 use crate::der::{restored_envelope, DerActor};
 use crate::devices::DeviceLink;
@@ -379,7 +381,7 @@ pub(crate) async fn build(
                     .map(|(c, d)| ChildSpec {
                         id: slots[c].id.clone(),
                         kind: NodeKind::Der,
-                        env: d.envelope(),
+                        env: ChildEnv::Der(d.flex()),
                         remote: false,
                     })
                     .collect()
@@ -389,7 +391,7 @@ pub(crate) async fn build(
                         id: slots[c].id.clone(),
                         kind: kind_of(c),
                         // A virtual DER's children are aggregates.
-                        env: envs[agg_no[c] as usize].clone(),
+                        env: ChildEnv::node(envs[agg_no[c] as usize].clone()),
                         remote: !local[c],
                     })
                     .collect()

@@ -99,7 +99,7 @@ fn implied_baseline(s: &Setpoint) -> i64 {
 
 /// The envelope of a DER restored with `setpoints` none of which the device
 /// has acknowledged yet: what [`DerActor::new`] followed by
-/// [`DerActor::envelope`] gives, without building the actor.
+/// [`DerActor::flex`] gives (as an envelope), without building the actor.
 pub(crate) fn restored_envelope(
     rating: &DerRating,
     state: &DerState,
@@ -151,11 +151,6 @@ impl DerActor {
 
     pub(crate) fn spec(&self) -> &Arc<DerSpec> {
         &self.spec
-    }
-
-    /// The DER's envelope now, with its response to the orders it holds.
-    pub(crate) fn envelope(&self) -> FlexEnvelope {
-        self.flex().envelope()
     }
 
     /// What the DER contributes to its site's envelope now (the envelope

@@ -176,12 +176,20 @@ impl FlexEnvelope {
     /// Replaces one DER's contribution, as [`FlexEnvelope::replace`] but
     /// touching only its kind and the response.
     pub fn replace_der(&mut self, old: &DerFlex, new: &DerFlex) {
-        debug_assert_eq!(old.kind, new.kind);
-        let k = &mut self.by_kind[new.kind.index()];
-        k.sub(&old.flex);
-        k.add(&new.flex);
-        self.response.sub(&old.response);
-        self.response.add(&new.response);
+        self.sub_der(old);
+        self.add_der(new);
+    }
+
+    /// Adds one DER's contribution.
+    pub fn add_der(&mut self, d: &DerFlex) {
+        self.by_kind[d.kind.index()].add(&d.flex);
+        self.response.add(&d.response);
+    }
+
+    /// Removes one DER's contribution.
+    pub fn sub_der(&mut self, d: &DerFlex) {
+        self.by_kind[d.kind.index()].sub(&d.flex);
+        self.response.sub(&d.response);
     }
 
     /// DER `kind`'s contribution, when this is the envelope of one DER.
@@ -262,6 +270,25 @@ pub struct DerFlex {
 }
 
 impl DerFlex {
+    /// Power available in `dir`, W (as [`FlexEnvelope::available_w`]).
+    pub fn available_w(&self, dir: Direction) -> u64 {
+        self.flex.available_w(dir)
+    }
+
+    /// Cost of moving in `dir` (as [`FlexEnvelope::mean_cost`]).
+    pub fn mean_cost(&self, dir: Direction) -> u64 {
+        let f = &self.flex;
+        let (w, weight) = match dir {
+            Direction::Up => (f.up_w, f.up_cost_weight),
+            Direction::Down => (f.down_w, f.down_cost_weight),
+        };
+        if w == 0 {
+            0
+        } else {
+            (weight / w as u128) as u64
+        }
+    }
+
     /// As a whole envelope.
     pub fn envelope(&self) -> FlexEnvelope {
         let mut env = FlexEnvelope::zero();
@@ -437,7 +464,12 @@ mod tests {
             let mut new = der_envelope(r, &s);
             new.response.requested_w = 1_000;
             sum.replace_der(&old.der_part(r.kind), &new.der_part(r.kind));
-            assert_eq!(new.der_part(r.kind).envelope(), new);
+            let part = new.der_part(r.kind);
+            assert_eq!(part.envelope(), new);
+            for dir in [Direction::Up, Direction::Down] {
+                assert_eq!(part.available_w(dir), new.available_w(dir));
+                assert_eq!(part.mean_cost(dir), new.mean_cost(dir));
+            }
             after.push(new);
         }
         assert_eq!(sum, FlexEnvelope::sum(after.iter()));
