@@ -333,7 +333,7 @@ impl Default for StoreConfig {
             cache_mb: 256,
             flush_every_ms: 500,
             write_behind_ms: 200,
-            write_behind_nice: 10,
+            write_behind_nice: 0,
         }
     }
 }

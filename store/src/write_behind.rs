@@ -66,11 +66,13 @@ pub struct WriteBehindOptions {
     /// Apply at once when this many distinct keys are pending, so a burst
     /// (a fleet reconnecting) does not pile up for a whole interval.
     pub max_pending: usize,
-    /// Nice value of the write-behind thread (0 = as the process, up to
-    /// 19 = yield the most; Linux only, elsewhere ignored). Persisting
-    /// derived state yields to the actors when the cores are busy: a root
-    /// dispatch split to a million DERs is done sooner, and the write-behind
-    /// catches up right after (what that delays is in ARCHITECTURE.md).
+    /// Nice value of the write-behind thread (0 = as the process, the
+    /// default; up to 19 = yield the most; Linux only, elsewhere ignored).
+    /// Above 0, persisting derived state yields to the actors when the cores
+    /// are busy: a burst reaches every actor sooner and lands on disk later.
+    /// But whoever waits for a flush (a shard takeover, an order becoming
+    /// `allocated`) then waits on a thread that yields: with 10, takeover in
+    /// `bench-cluster` went from ~4 s to 5.7 s after detection.
     pub nice: i32,
 }
 
@@ -79,7 +81,7 @@ impl Default for WriteBehindOptions {
         Self {
             interval: Duration::from_millis(200),
             max_pending: 50_000,
-            nice: 10,
+            nice: 0,
         }
     }
 }
