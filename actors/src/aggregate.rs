@@ -22,7 +22,8 @@
 //! A child on the same member does not send its report as a message: it puts
 //! it in the parent's inbox and wakes the parent once per window
 //! (`inbox.rs`); a child on another member sends `ChildReport`. A site
-//! reports once per message it handled, however many of its DERs changed.
+//! reports at once, and once per batch of DER inputs, however many of its
+//! DERs the batch changed.
 //!
 //! Dispatch (the closed loop), for one share of one order:
 //!
@@ -227,6 +228,8 @@ pub(crate) struct Aggregate {
     pub(crate) sum: FlexEnvelope,
     reported: FlexEnvelope,
     dirty: bool,
+    /// A site is applying a batch of DER inputs: it reports at the end.
+    in_batch: bool,
     flush_pending: bool,
     pub(crate) allocs: HashMap<DispatchId, Alloc>,
     inbox: Option<Arc<Inbox>>,
@@ -295,6 +298,7 @@ fn start(a: AggregateArgs) -> Aggregate {
         reported: sum.clone(),
         sum,
         dirty: false,
+        in_batch: false,
         flush_pending: false,
         allocs,
         inbox: a.inbox,
@@ -368,10 +372,6 @@ impl Aggregate {
             _ => self.drain_reports(),
         }
         self.handle_msg(myself, msg).await;
-        if self.dirty && !self.ders.is_empty() {
-            // A site reports once per message it handled (see `mark_dirty`).
-            self.flush();
-        }
         if self.ders_dirty {
             self.persist_ders();
         }
@@ -456,9 +456,11 @@ impl Aggregate {
                 }
             }
             AggregateMsg::DerStates(batch) => {
+                self.in_batch = true;
                 for (idx, state) in batch {
                     let _ = self.der_state(&myself, idx as usize, state, None);
                 }
+                self.end_batch();
             }
             AggregateMsg::DeviceInputs(batch) => self.device_inputs(&myself, batch).await,
             AggregateMsg::GatewayStatus(online) => {
@@ -572,10 +574,14 @@ impl Aggregate {
         }
         self.dirty = true;
         if !self.ders.is_empty() {
-            // A site reports once it has handled a message (`handle` flushes
-            // after every message), not once per DER that changed: its input
-            // already arrives batched per site, and a timer per site (a
-            // quarter of a million of them) would cost more than it saves.
+            // A site reports at once (before it answers whoever changed a
+            // DER, so the parent is current when they hear back), but once
+            // per batch of DER states rather than once per DER in it. No
+            // timer: its input already arrives batched per site, and a timer
+            // per site (a quarter of a million) would cost more than it saves.
+            if !self.in_batch {
+                self.flush();
+            }
             return;
         }
         if self.flush_pending {
@@ -584,6 +590,14 @@ impl Aggregate {
         }
         self.flush_pending = true;
         myself.send_after(self.interval(), || AggregateMsg::Flush);
+    }
+
+    /// A batch of DER inputs is done: report once for all of it.
+    fn end_batch(&mut self) {
+        self.in_batch = false;
+        if self.dirty {
+            self.flush();
+        }
     }
 
     fn flush(&mut self) {
@@ -869,6 +883,7 @@ impl Aggregate {
     ) {
         let now = now_ms();
         let mut refusals = Vec::new();
+        self.in_batch = true;
         for (idx, input) in batch {
             let i = idx as usize;
             match input {
@@ -898,6 +913,9 @@ impl Aggregate {
             }
         }
         self.arm_sweep(myself);
+        // Report before telling the parent of refusals, so it re-splits with
+        // this site's envelope as of the whole batch.
+        self.end_batch();
         for (i, r) in refusals {
             self.share_refused(myself, i, &r.dispatch, Loss::Cut(r.power_w), r.reason)
                 .await;
