@@ -68,17 +68,30 @@ fn expected(
     }
 }
 
+/// The root's upward availability now, W.
+async fn root_up(fleet: &Fleet) -> u64 {
+    fleet
+        .view(&id("root"))
+        .await
+        .unwrap()
+        .envelope
+        .available_w(Direction::Up)
+}
+
+/// The root's upward availability once it differs from `before` (5 s at most).
+async fn root_up_once_changed(fleet: &Fleet, before: u64) -> u64 {
+    eventually(5, || async move {
+        let v = root_up(fleet).await;
+        (v != before).then_some(v)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaf_change_reaches_the_root() {
     let h = hierarchy(Strategy::ProRata);
     let fleet = start(h.clone(), Duration::from_millis(10)).await;
-    let root = id("root");
-    let before = fleet
-        .view(&root)
-        .await
-        .unwrap()
-        .envelope
-        .available_w(Direction::Up);
+    let before = root_up(&fleet).await;
     // 36 loads at 70 % of 10, 11, 12 kW (DerState::nominal).
     assert_eq!(before, 12 * (7_000 + 7_700 + 8_400));
 
@@ -87,20 +100,7 @@ async fn leaf_change_reaches_the_root() {
     st.power_w = 1_000;
     st.seq = 1;
     fleet.set_state(&leaf, st.clone()).await.unwrap();
-    let after = eventually(5, || {
-        let f = fleet.clone();
-        let root = root.clone();
-        async move {
-            let v = f
-                .view(&root)
-                .await
-                .unwrap()
-                .envelope
-                .available_w(Direction::Up);
-            (v != before).then_some(v)
-        }
-    })
-    .await;
+    let after = root_up_once_changed(&fleet, before).await;
     assert_eq!(after, before - 8_400 + 1_000);
     // A stale update (same sequence number) is refused and changes nothing.
     assert!(fleet.set_state(&leaf, st).await.is_err());
@@ -124,13 +124,7 @@ async fn a_site_reports_once_per_batch() {
     )
     .await
     .expect("fleet starts");
-    let root = id("root");
-    let before = fleet
-        .view(&root)
-        .await
-        .unwrap()
-        .envelope
-        .available_w(Direction::Up);
+    let before = root_up(&fleet).await;
     let sent_before = metrics.reports_sent.load(Relaxed);
     let states = (0..3u64).map(|k| {
         let rating = DerRating::new(DerKind::CurtailableLoad, 10_000 + 1_000 * k, 0);
@@ -140,20 +134,7 @@ async fn a_site_reports_once_per_batch() {
         (id(&format!("r1d1s2l{k}")), st)
     });
     assert!(fleet.send_states(states).is_empty());
-    let after = eventually(5, || {
-        let f = fleet.clone();
-        let root = root.clone();
-        async move {
-            let v = f
-                .view(&root)
-                .await
-                .unwrap()
-                .envelope
-                .available_w(Direction::Up);
-            (v != before).then_some(v)
-        }
-    })
-    .await;
+    let after = root_up_once_changed(&fleet, before).await;
     assert_eq!(after, before - (7_000 + 7_700 + 8_400) + 3 * 1_000);
     // Let any further (wrong) report arrive before counting.
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -83,6 +83,20 @@ impl KindFlex {
             Direction::Down => self.down_w,
         }
     }
+
+    /// Capacity-weighted cost of moving in `dir`, micro-currency per kWh
+    /// (0 when nothing is available).
+    pub fn mean_cost(&self, dir: Direction) -> u64 {
+        let (w, weight) = match dir {
+            Direction::Up => (self.up_w, self.up_cost_weight),
+            Direction::Down => (self.down_w, self.down_cost_weight),
+        };
+        if w == 0 {
+            0
+        } else {
+            (weight / w as u128) as u64
+        }
+    }
 }
 
 /// How the devices under a node answer the orders they hold: requested,
@@ -192,15 +206,6 @@ impl FlexEnvelope {
         self.response.sub(&d.response);
     }
 
-    /// DER `kind`'s contribution, when this is the envelope of one DER.
-    pub fn der_part(&self, kind: DerKind) -> DerFlex {
-        DerFlex {
-            kind,
-            flex: self.by_kind[kind.index()],
-            response: self.response,
-        }
-    }
-
     /// All kinds summed.
     pub fn total(&self) -> KindFlex {
         let mut t = KindFlex::default();
@@ -223,16 +228,7 @@ impl FlexEnvelope {
     /// Capacity-weighted cost of moving in `dir`, micro-currency per kWh
     /// (0 when nothing is available).
     pub fn mean_cost(&self, dir: Direction) -> u64 {
-        let t = self.total();
-        let (w, weight) = match dir {
-            Direction::Up => (t.up_w, t.up_cost_weight),
-            Direction::Down => (t.down_w, t.down_cost_weight),
-        };
-        if w == 0 {
-            0
-        } else {
-            (weight / w as u128) as u64
-        }
+        self.total().mean_cost(dir)
     }
 
     /// Sums any number of envelopes.
@@ -277,16 +273,7 @@ impl DerFlex {
 
     /// Cost of moving in `dir` (as [`FlexEnvelope::mean_cost`]).
     pub fn mean_cost(&self, dir: Direction) -> u64 {
-        let f = &self.flex;
-        let (w, weight) = match dir {
-            Direction::Up => (f.up_w, f.up_cost_weight),
-            Direction::Down => (f.down_w, f.down_cost_weight),
-        };
-        if w == 0 {
-            0
-        } else {
-            (weight / w as u128) as u64
-        }
+        self.flex.mean_cost(dir)
     }
 
     /// As a whole envelope.
@@ -440,6 +427,15 @@ mod tests {
         assert_eq!(e.mean_cost(Direction::Up), 100_000);
     }
 
+    /// DER `kind`'s contribution, when `e` is the envelope of one DER.
+    fn der_part(e: &FlexEnvelope, kind: DerKind) -> DerFlex {
+        DerFlex {
+            kind,
+            flex: e.by_kind[kind.index()],
+            response: e.response,
+        }
+    }
+
     #[test]
     fn replace_der_and_sparse_sums_match_the_full_sum() {
         // A sum over DERs of every kind, then each DER's state changes.
@@ -463,8 +459,8 @@ mod tests {
             s.power_w /= 2;
             let mut new = der_envelope(r, &s);
             new.response.requested_w = 1_000;
-            sum.replace_der(&old.der_part(r.kind), &new.der_part(r.kind));
-            let part = new.der_part(r.kind);
+            sum.replace_der(&der_part(old, r.kind), &der_part(&new, r.kind));
+            let part = der_part(&new, r.kind);
             assert_eq!(part.envelope(), new);
             for dir in [Direction::Up, Direction::Down] {
                 assert_eq!(part.available_w(dir), new.available_w(dir));
