@@ -599,7 +599,12 @@ fn a_partitioned_member_goes_quiet_and_nothing_acknowledged_is_lost() {
 
 #[test]
 fn a_rolling_restart_under_load_loses_nothing() {
+    let started = Instant::now();
     let c = up();
+    println!(
+        "cluster up and the fleet heard: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let token = &c.token;
     c.dispatch(&c.nodes[0], "r-0", 10.0);
     let mut written = vec!["r-0".to_string()];
@@ -639,6 +644,7 @@ fn a_rolling_restart_under_load_loses_nothing() {
         t.elapsed().as_secs_f64()
     );
     // Nothing lost, and the devices hold every order.
+    let t = Instant::now();
     for n in &c.nodes {
         for id in &written {
             let (s, v) = n.get(token, &format!("/api/v1/dispatches/{id}"));
@@ -653,5 +659,14 @@ fn a_rolling_restart_under_load_loses_nothing() {
             );
         }
     }
+    println!(
+        "every order and account read through every member: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
     eventually(30, || c.acked(&c.nodes[0], 13.0));
+    println!(
+        "devices acknowledged every order: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 }
