@@ -4,6 +4,7 @@
 //! [`Hierarchy`] or from the store), and turns requests into messages:
 //! "what can you do now", dispatch, cancel, DER state updates.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -457,38 +458,53 @@ impl Fleet {
             .map_err(|e| FleetError::Unavailable(id.clone(), e.to_string()))
     }
 
-    /// Applies many DER states without waiting, one message per site (the
-    /// telemetry path for batches). Unknown ids and non-DERs are returned,
-    /// not applied.
-    pub fn send_states(
+    /// Applies many DER states without waiting (the telemetry path for
+    /// batches). Consecutive states of one site go out as one message as
+    /// soon as the run ends, so sites start work while later ids are still
+    /// being looked up: a caller that passes states grouped by site sends
+    /// one message per site. Unknown ids and non-DERs are returned, not
+    /// applied.
+    pub fn send_states<I: Borrow<NodeId>>(
         &self,
-        states: impl IntoIterator<Item = (NodeId, DerState)>,
+        states: impl IntoIterator<Item = (I, DerState)>,
     ) -> Vec<(NodeId, FleetError)> {
-        let mut found = Vec::new();
         let mut rejected = Vec::new();
+        let mut run: Vec<(u32, DerState)> = Vec::new();
+        let mut run_site = u32::MAX;
         for (id, st) in states {
-            match self.handle(&id) {
+            let id = id.borrow();
+            match self.handle(id) {
                 Ok(NodeHandle {
                     der_idx: Some(i),
                     site_no,
                     actor: Some(_),
                     ..
-                }) => found.push((
-                    DerAddr {
-                        site_no: *site_no,
-                        idx: *i,
-                    },
-                    st,
-                )),
+                }) => {
+                    if *site_no != run_site {
+                        self.cast_run(run_site, std::mem::take(&mut run));
+                        run_site = *site_no;
+                    }
+                    run.push((*i, st));
+                }
                 Ok(h) => {
                     let kind = h.kind.as_str();
-                    rejected.push((id.clone(), FleetError::NotADer(id, kind)))
+                    rejected.push((id.clone(), FleetError::NotADer(id.clone(), kind)))
                 }
-                Err(e) => rejected.push((id, e)),
+                Err(e) => rejected.push((id.clone(), e)),
             }
         }
-        self.cast_per_site(found, AggregateMsg::DerStates);
+        self.cast_run(run_site, run);
         rejected
+    }
+
+    /// Casts site `site_no` the states of one run (nothing if it is empty).
+    fn cast_run(&self, site_no: u32, run: Vec<(u32, DerState)>) {
+        if run.is_empty() {
+            return;
+        }
+        if let Some(site) = self.inner.sites.get(site_no as usize) {
+            let _ = site.cast(AggregateMsg::DerStates(run));
+        }
     }
 
     /// Groups `items` by site and casts each site one message built by `msg`.
