@@ -77,6 +77,8 @@ pub struct StoreConfig {
     pub write_behind_ms: u64,
     /// See `config/vpp.toml`.
     pub write_behind_nice: i32,
+    /// See `config/vpp.toml`.
+    pub write_behind_defer_ms: u64,
 }
 
 /// `[api]`
@@ -334,6 +336,7 @@ impl Default for StoreConfig {
             flush_every_ms: 500,
             write_behind_ms: 200,
             write_behind_nice: 0,
+            write_behind_defer_ms: 1000,
         }
     }
 }
@@ -487,6 +490,9 @@ impl NodeConfig {
         if !(0..=19).contains(&self.store.write_behind_nice) {
             return bad("store.write_behind_nice", "must be between 0 and 19");
         }
+        if self.store.write_behind_defer_ms > 60_000 {
+            return bad("store.write_behind_defer_ms", "must be between 0 and 60000");
+        }
         if !(1..=4096).contains(&self.api.max_body_mb) {
             return bad("api.max_body_mb", "must be between 1 and 4096");
         }
@@ -607,6 +613,7 @@ mod tests {
         assert_eq!(c.dispatch.timeout_s, d.dispatch.timeout_s);
         assert_eq!(c.store.cache_mb, d.store.cache_mb);
         assert_eq!(c.store.write_behind_nice, d.store.write_behind_nice);
+        assert_eq!(c.store.write_behind_defer_ms, d.store.write_behind_defer_ms);
         assert_eq!(c.api.max_body_mb, d.api.max_body_mb);
         assert_eq!(c.mqtt.broker, d.mqtt.broker);
         assert_eq!(c.mqtt.listen, d.mqtt.listen);
@@ -760,6 +767,9 @@ mod tests {
             let e = NodeConfig::parse("x.toml", &text).unwrap_err();
             assert!(e.to_string().contains("store.write_behind_nice"), "{e}");
         }
+        let e =
+            NodeConfig::parse("x.toml", "[store]\nwrite_behind_defer_ms = 60001\n").unwrap_err();
+        assert!(e.to_string().contains("store.write_behind_defer_ms"), "{e}");
         let e = NodeConfig::parse("x.toml", "listen = \"nowhere\"\n").unwrap_err();
         assert!(e.to_string().contains("x.toml"), "{e}");
     }

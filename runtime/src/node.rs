@@ -181,6 +181,7 @@ impl Node {
             WriteBehindOptions {
                 interval: std::time::Duration::from_millis(config.store.write_behind_ms),
                 nice: config.store.write_behind_nice,
+                max_defer: std::time::Duration::from_millis(config.store.write_behind_defer_ms),
                 ..WriteBehindOptions::default()
             },
         )?;

@@ -74,6 +74,10 @@ struct Args {
     /// Send the wave one state per message instead of one batch per site.
     #[arg(long)]
     unbatched: bool,
+    /// How long the write-behind may put applying off while every core is
+    /// busy, ms (the node's `store.write_behind_defer_ms`; 0 = never).
+    #[arg(long, default_value_t = 1000)]
+    write_behind_defer_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -87,12 +91,23 @@ use vpp_load_tests::{machine, rss_bytes};
 /// Waits for the write-behind to apply and fsync everything queued so far,
 /// so the next phase is measured on a quiet system; prints how long it took.
 async fn drain(wb: &WriteBehind) -> Result<()> {
+    let before = wb.stats();
     let t = Instant::now();
     let h = wb.handle();
     tokio::task::spawn_blocking(move || h.flush_blocking()).await??;
     row(
         "  then write-behind drained + fsynced",
         format!("{:.2} s", t.elapsed().as_secs_f64()),
+        "",
+    );
+    let after = wb.stats();
+    row(
+        "  records left to drain / applies put off",
+        format!(
+            "{} / {}",
+            after.records_written - before.records_written,
+            after.deferred
+        ),
         "",
     );
     Ok(())
@@ -194,12 +209,13 @@ async fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|| tmp.path().to_path_buf());
     println!("machine: {}", machine());
     println!(
-        "fleet: {} sites x {} DERs avg, {} levels, roll-up interval {} ms, journal {:?}, wave {}, data dir {}",
+        "fleet: {} sites x {} DERs avg, {} levels, roll-up interval {} ms, journal {:?}, write-behind defer {} ms, wave {}, data dir {}",
         args.sites,
         args.ders_per_site,
         args.levels,
         args.rollup_ms,
         args.journal,
+        args.write_behind_defer_ms,
         if args.unbatched { "one message per DER" } else { "one message per site" },
         dir.display()
     );
@@ -244,7 +260,13 @@ async fn run(args: Args) -> Result<()> {
         "",
     );
 
-    let wb = WriteBehind::start(store.clone(), WriteBehindOptions::default())?;
+    let wb = WriteBehind::start(
+        store.clone(),
+        WriteBehindOptions {
+            max_defer: Duration::from_millis(args.write_behind_defer_ms),
+            ..WriteBehindOptions::default()
+        },
+    )?;
     let config = FleetConfig {
         rollup_interval: Duration::from_millis(args.rollup_ms),
         dispatch_timeout: Duration::from_secs(120),
@@ -301,7 +323,7 @@ async fn run(args: Args) -> Result<()> {
         }
     } else {
         // As telemetry ingest does: one message per site per batch.
-        let rejected = fleet.send_states(states.into_iter().map(|(id, s)| (id.clone(), s)));
+        let rejected = fleet.send_states(states);
         anyhow::ensure!(rejected.is_empty(), "{} states rejected", rejected.len());
     }
     let sent = t.elapsed();

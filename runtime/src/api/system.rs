@@ -103,6 +103,11 @@ pub(crate) async fn metrics(State(node): State<AppState>) -> impl IntoResponse {
             "records queued after the writer stopped",
             wb.dropped,
         ),
+        (
+            "vpp_store_write_behind_deferred_total",
+            "write-behind applies put off for a moment because every core was busy",
+            wb.deferred,
+        ),
     ] {
         let _ = writeln!(
             out,

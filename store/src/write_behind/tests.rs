@@ -1,4 +1,5 @@
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 
 use super::*;
 use crate::test_support::{allocation, did, id, setpoint, state, temp_store};
@@ -16,8 +17,112 @@ fn slow() -> WriteBehindOptions {
     WriteBehindOptions {
         interval: Duration::from_secs(3600),
         max_pending: usize::MAX,
-        nice: 0,
+        ..WriteBehindOptions::default()
     }
+}
+
+/// A load probe with a fixed answer that counts how often it was asked.
+struct Fixed(Option<bool>, Arc<AtomicU64>);
+
+impl LoadProbe for Fixed {
+    fn busy(&mut self) -> Option<bool> {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        self.0
+    }
+}
+
+/// A write-behind whose probe always answers `busy`, and its question count.
+fn with_probe(
+    store: &crate::Store,
+    options: WriteBehindOptions,
+    busy: Option<bool>,
+) -> (WriteBehind, Arc<AtomicU64>) {
+    let asked = Arc::new(AtomicU64::new(0));
+    let probe = Box::new(Fixed(busy, Arc::clone(&asked)));
+    let wb = WriteBehind::start_with_probe(store.clone(), options, probe).unwrap();
+    (wb, asked)
+}
+
+#[test]
+fn while_every_core_is_busy_records_wait_until_max_defer_has_passed() {
+    let (_dir, store) = temp_store();
+    let options = WriteBehindOptions {
+        interval: Duration::from_millis(20),
+        max_defer: Duration::from_millis(300),
+        ..WriteBehindOptions::default()
+    };
+    let (wb, _) = with_probe(&store, options, Some(true));
+    let queued = Instant::now();
+    wb.handle().queue_der_state(id("a"), state(1));
+    eventually("the state to be applied", || {
+        store.load_der_states().unwrap().contains_key(&id("a"))
+    });
+    // Not before interval + max_defer: the probe said busy every time.
+    assert!(queued.elapsed() >= Duration::from_millis(320));
+    assert!(wb.stats().deferred > 0);
+}
+
+#[test]
+fn a_flush_request_does_not_wait_for_busy_cores() {
+    let (_dir, store) = temp_store();
+    let options = WriteBehindOptions {
+        interval: Duration::from_millis(1),
+        max_defer: Duration::from_secs(3600),
+        ..WriteBehindOptions::default()
+    };
+    let (wb, _) = with_probe(&store, options, Some(true));
+    let h = wb.handle();
+    h.queue_der_state(id("a"), state(1));
+    // Put off a few times over: still not applied.
+    eventually("deferrals", || wb.stats().deferred >= 3);
+    assert!(store.load_der_states().unwrap().is_empty());
+    h.flush_blocking().unwrap();
+    assert!(store.load_der_states().unwrap().contains_key(&id("a")));
+}
+
+#[test]
+fn unknown_load_defers_too_and_an_idle_verdict_applies() {
+    let (_dir, store) = temp_store();
+    let options = WriteBehindOptions {
+        interval: Duration::from_millis(1),
+        max_defer: Duration::from_secs(3600),
+        ..WriteBehindOptions::default()
+    };
+    // "Not known yet" puts off (the probe measures on the next question).
+    let (wb, _) = with_probe(&store, options, None);
+    wb.handle().queue_der_state(id("a"), state(1));
+    eventually("deferrals", || wb.stats().deferred >= 2);
+    assert!(store.load_der_states().unwrap().is_empty());
+    drop(wb);
+    // An idle verdict applies when due, without deferring.
+    let (wb, asked) = with_probe(&store, options, Some(false));
+    wb.handle().queue_der_state(id("b"), state(1));
+    eventually("the state to be applied", || {
+        store.load_der_states().unwrap().contains_key(&id("b"))
+    });
+    assert_eq!(wb.stats().deferred, 0);
+    assert!(asked.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn zero_max_defer_never_asks_about_the_load() {
+    let (_dir, store) = temp_store();
+    let options = WriteBehindOptions {
+        interval: Duration::from_millis(5),
+        max_defer: Duration::ZERO,
+        max_pending: 2,
+        ..WriteBehindOptions::default()
+    };
+    let (wb, asked) = with_probe(&store, options, Some(true));
+    let h = wb.handle();
+    h.queue_der_state(id("a"), state(1));
+    h.queue_der_state(id("b"), state(1));
+    h.queue_der_state(id("c"), state(1));
+    eventually("the states to be applied", || {
+        store.load_der_states().unwrap().len() == 3
+    });
+    assert_eq!(asked.load(Ordering::Relaxed), 0);
+    assert_eq!(wb.stats().deferred, 0);
 }
 
 /// The nice value of this process's thread whose name starts with `name`
