@@ -11,7 +11,7 @@
 //!
 //! ```text
 //!   busy()  ── last sample < MIN_WINDOW ago ──► the last verdict
-//!           ── last sample ≤ STALE ago ───────► (cpu - cpu0) / (now - t0) ≥ cores - SLACK
+//!           ── last sample ≤ STALE ago ───────► (cpu - cpu0) / (now - t0) ≥ cores - SLACK (0.75)
 //!           ── no sample, or older ───────────► None (sample taken: ask again)
 //! ```
 
@@ -21,9 +21,11 @@ use std::time::{Duration, Instant};
 const MIN_WINDOW: Duration = Duration::from_millis(10);
 /// A sample older than this starts a new window instead.
 const STALE: Duration = Duration::from_millis(200);
-/// "Every core busy" allows this much idle, in cores (threads that wake
-/// and sleep, the measuring thread itself).
-const SLACK: f64 = 0.5;
+/// "Every core busy" allows this much idle, in cores: threads that wake
+/// and sleep, and a VM's stolen time (with 0.5, one 1M-DER wave of four on
+/// the 2-core dev VM measured "not busy" in a 20 ms window and applied in
+/// the middle of it).
+const SLACK: f64 = 0.75;
 
 /// Whether the cores are all busy, as [`CpuLoad::busy`] answers it.
 pub(crate) trait LoadProbe: Send {
@@ -119,7 +121,7 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     #[test]
-    fn busy_means_every_core_but_half_of_one_over_the_window() {
+    fn busy_means_every_core_but_a_quarter_of_one_over_the_window() {
         let (cpu, clock) = fake_clock();
         let mut load = CpuLoad::with_clock(2, clock);
         let t0 = Instant::now();
@@ -131,11 +133,11 @@ mod tests {
         // Within MIN_WINDOW the verdict is reused, whatever the clock says.
         cpu.store(39_000, Ordering::Relaxed);
         assert_eq!(load.busy_at(t0 + 25 * MS), Some(true));
-        // The next 20 ms: 25 ms of CPU (1.25 cores): not busy.
-        cpu.store(64_000, Ordering::Relaxed);
+        // The next 20 ms: 23 ms of CPU (1.15 cores): not busy.
+        cpu.store(62_000, Ordering::Relaxed);
         assert_eq!(load.busy_at(t0 + 40 * MS), Some(false));
-        // 1.55 cores of 2: over the line (1.5).
-        cpu.store(95_000, Ordering::Relaxed);
+        // 1.35 cores of 2: over the line (1.25).
+        cpu.store(89_000, Ordering::Relaxed);
         assert_eq!(load.busy_at(t0 + 60 * MS), Some(true));
     }
 
