@@ -499,51 +499,16 @@ impl Fleet {
 
     /// Casts site `site_no` the states of one run (nothing if it is empty).
     fn cast_run(&self, site_no: u32, run: Vec<(u32, DerState)>) {
-        if run.is_empty() {
-            return;
-        }
-        if let Some(site) = self.inner.sites.get(site_no as usize) {
-            let _ = site.cast(AggregateMsg::DerStates(run));
+        if !run.is_empty() {
+            self.cast_site(site_no, AggregateMsg::DerStates(run));
         }
     }
 
-    /// Groups `items` by site and casts each site one message built by `msg`.
-    /// A site that is gone is counted by its parent; nothing to add here.
-    fn cast_per_site<T>(
-        &self,
-        items: impl IntoIterator<Item = (DerAddr, T)>,
-        msg: impl Fn(Vec<(u32, T)>) -> AggregateMsg,
-    ) {
-        let items = items.into_iter();
-        let sites = &self.inner.sites;
-        if items.size_hint().0 >= sites.len() / 4 {
-            // Many items (a wave over the fleet): one slot per site, no
-            // hashing; empty slots do not allocate.
-            let mut by_site: Vec<Vec<(u32, T)>> = Vec::new();
-            by_site.resize_with(sites.len(), Vec::new);
-            for (addr, item) in items {
-                if let Some(b) = by_site.get_mut(addr.site_no as usize) {
-                    b.push((addr.idx, item));
-                }
-            }
-            for (site, batch) in sites.iter().zip(by_site) {
-                if !batch.is_empty() {
-                    let _ = site.cast(msg(batch));
-                }
-            }
-            return;
-        }
-        let mut by_site: rustc_hash::FxHashMap<u32, Vec<(u32, T)>> = Default::default();
-        for (addr, item) in items {
-            by_site
-                .entry(addr.site_no)
-                .or_default()
-                .push((addr.idx, item));
-        }
-        for (site_no, batch) in by_site {
-            if let Some(site) = sites.get(site_no as usize) {
-                let _ = site.cast(msg(batch));
-            }
+    /// Casts site `site_no` one message. A site that is gone is counted by
+    /// its parent; nothing to add here.
+    fn cast_site(&self, site_no: u32, msg: AggregateMsg) {
+        if let Some(site) = self.inner.sites.get(site_no as usize) {
+            let _ = site.cast(msg);
         }
     }
 
@@ -568,7 +533,16 @@ impl Fleet {
     /// Hands device messages to their DERs without waiting, one message per
     /// site. Telemetry goes through the same sequence check as any state.
     pub fn send_device_inputs(&self, inputs: impl IntoIterator<Item = (DerAddr, DeviceInput)>) {
-        self.cast_per_site(inputs, AggregateMsg::DeviceInputs);
+        let mut by_site: rustc_hash::FxHashMap<u32, Vec<(u32, DeviceInput)>> = Default::default();
+        for (addr, input) in inputs {
+            by_site
+                .entry(addr.site_no)
+                .or_default()
+                .push((addr.idx, input));
+        }
+        for (site_no, batch) in by_site {
+            self.cast_site(site_no, AggregateMsg::DeviceInputs(batch));
+        }
     }
 
     /// A site's gateway went offline (its last will) or came back online.

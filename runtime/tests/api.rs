@@ -441,3 +441,18 @@ fn errors_axum_raises_are_json_counted_and_change_nothing() {
     assert_eq!(before, after);
     assert!(metric(&n, "vpp_api_rejected_total{route=\"http\"") >= 3);
 }
+
+#[test]
+fn metrics_show_the_write_behind_counters() {
+    let n = TestNode::start();
+    let text = n.client().get_text("/metrics").unwrap();
+    for name in [
+        "vpp_store_write_behind_records_total",
+        "vpp_store_write_behind_deferred_total",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{name} "))),
+            "{name} missing from /metrics:\n{text}"
+        );
+    }
+}

@@ -75,8 +75,8 @@ struct Args {
     #[arg(long)]
     unbatched: bool,
     /// How long the write-behind may put applying off while every core is
-    /// busy, ms (the node's `store.write_behind_defer_ms`; 0 = never).
-    #[arg(long, default_value_t = 1000)]
+    /// busy, ms, 0-60000 (the node's `store.write_behind_defer_ms`; 0 = never).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     write_behind_defer_ms: u64,
 }
 

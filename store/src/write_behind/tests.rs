@@ -43,6 +43,15 @@ fn with_probe(
     (wb, asked)
 }
 
+/// Options under which an apply is due at once but may be put off an hour.
+fn due_at_once_deferred_for_an_hour() -> WriteBehindOptions {
+    WriteBehindOptions {
+        interval: Duration::from_millis(1),
+        max_defer: Duration::from_secs(3600),
+        ..WriteBehindOptions::default()
+    }
+}
+
 #[test]
 fn while_every_core_is_busy_records_wait_until_max_defer_has_passed() {
     let (_dir, store) = temp_store();
@@ -65,11 +74,7 @@ fn while_every_core_is_busy_records_wait_until_max_defer_has_passed() {
 #[test]
 fn a_flush_request_does_not_wait_for_busy_cores() {
     let (_dir, store) = temp_store();
-    let options = WriteBehindOptions {
-        interval: Duration::from_millis(1),
-        max_defer: Duration::from_secs(3600),
-        ..WriteBehindOptions::default()
-    };
+    let options = due_at_once_deferred_for_an_hour();
     let (wb, _) = with_probe(&store, options, Some(true));
     let h = wb.handle();
     h.queue_der_state(id("a"), state(1));
@@ -83,11 +88,7 @@ fn a_flush_request_does_not_wait_for_busy_cores() {
 #[test]
 fn unknown_load_defers_too_and_an_idle_verdict_applies() {
     let (_dir, store) = temp_store();
-    let options = WriteBehindOptions {
-        interval: Duration::from_millis(1),
-        max_defer: Duration::from_secs(3600),
-        ..WriteBehindOptions::default()
-    };
+    let options = due_at_once_deferred_for_an_hour();
     // "Not known yet" puts off (the probe measures on the next question).
     let (wb, _) = with_probe(&store, options, None);
     wb.handle().queue_der_state(id("a"), state(1));
