@@ -11,7 +11,9 @@
 //! over the whole fleet. So when an apply is due while the process keeps
 //! every core busy (`cpu_load.rs`), it is put off in 20 ms steps, at most
 //! `max_defer` past `interval`, and the records land right after the burst.
-//! A flush request is never put off.
+//! Meanwhile the records are not even taken from the channel: taking them
+//! (hashing each into the pending map) was a tenth of the CPU of a 1M-DER
+//! wave. A flush request is never put off.
 //!
 //! Records do not wake the thread one by one: a sender wakes it only when it
 //! had said it was idle (nothing pending), and while records are pending it
@@ -53,13 +55,13 @@
 //!
 //! Synchronous callers use [`WriteBehindHandle::flush_blocking`].
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SendError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use vpp_domain::{DerState, DispatchId, NodeAllocation, NodeId, Setpoint};
 
 use self::cpu_load::{CpuLoad, LoadProbe};
@@ -106,10 +108,9 @@ impl Default for WriteBehindOptions {
     }
 }
 
-/// While deferring, how soon to ask again whether the cores are still busy.
-const DEFER_STEP: Duration = Duration::from_millis(20);
 /// While records are pending, how often the thread takes new ones from the
-/// channel (they do not wake it).
+/// channel (they do not wake it), or, while the cores are busy, asks again
+/// whether they still are.
 const TICK: Duration = Duration::from_millis(20);
 /// Longest sleep with nothing pending (a sender wakes an idle thread; this
 /// is only a safety net).
@@ -132,7 +133,9 @@ pub struct WriteBehindStats {
     pub flushes: u64,
     /// Records queued after the thread had stopped, and so never written.
     pub dropped: u64,
-    /// Keys waiting to be applied when last looked at.
+    /// Keys taken from the channel and waiting to be applied, when last
+    /// looked at (records left in the channel while every core is busy are
+    /// not counted).
     pub pending: u64,
     /// Times an apply that was due was put off because every core was busy.
     pub deferred: u64,
@@ -174,14 +177,16 @@ pub struct WriteBehindHandle {
     wake: Arc<Wake>,
 }
 
-/// How senders wake the thread. A flush or shutdown request always does; a
-/// record only when the thread said it is idle (nothing pending), so a burst
-/// of records costs its senders one wake-up, not a futex call each (that
-/// was ~8 % of the actors' time in a 1M-DER split). While records are
-/// pending the thread wakes on its own every `TICK` to take them.
+/// How senders wake the thread. A flush or shutdown request always does
+/// (and says so in `urgent`); a record only when the thread said it is idle
+/// (nothing pending), so a burst of records costs its senders one wake-up,
+/// not a futex call each (that was ~8 % of the actors' time in a 1M-DER
+/// split). While records are pending the thread wakes on its own every
+/// `TICK`.
 struct Wake {
     thread: std::thread::Thread,
     idle: Arc<AtomicBool>,
+    urgent: Arc<AtomicBool>,
 }
 
 impl WriteBehind {
@@ -201,6 +206,8 @@ impl WriteBehind {
         let thread_counters = Arc::clone(&counters);
         let idle = Arc::new(AtomicBool::new(false));
         let thread_idle = Arc::clone(&idle);
+        let urgent = Arc::new(AtomicBool::new(false));
+        let thread_urgent = Arc::clone(&urgent);
         let thread = std::thread::Builder::new()
             .name("vpp-store-write-behind".into())
             .spawn(move || {
@@ -211,6 +218,7 @@ impl WriteBehind {
                     options,
                     counters: &thread_counters,
                     idle: &thread_idle,
+                    urgent: &thread_urgent,
                 };
                 writer.run(load.as_mut());
             })
@@ -218,6 +226,7 @@ impl WriteBehind {
         let wake = Arc::new(Wake {
             thread: thread.thread().clone(),
             idle,
+            urgent,
         });
         Ok(WriteBehind {
             handle: WriteBehindHandle { tx, counters, wake },
@@ -334,7 +343,10 @@ impl WriteBehindHandle {
         let Err(SendError(msg)) = self.tx.send(msg) else {
             // Sent before the flag is read: the thread, once it has said it
             // is idle, looks at the channel again before it sleeps.
-            if urgent || self.wake.idle.swap(false, Ordering::AcqRel) {
+            if urgent {
+                self.wake.urgent.store(true, Ordering::Release);
+                self.wake.thread.unpark();
+            } else if self.wake.idle.swap(false, Ordering::AcqRel) {
                 self.wake.thread.unpark();
             }
             return;
@@ -362,10 +374,10 @@ impl std::fmt::Debug for WriteBehindHandle {
 /// Records waiting to be applied, latest per key.
 #[derive(Default)]
 struct Pending {
-    der_states: HashMap<NodeId, DerState>,
-    setpoints: HashMap<NodeId, Vec<Setpoint>>,
-    allocations: HashMap<(DispatchId, NodeId), NodeAllocation>,
-    site_ders: HashMap<NodeId, Vec<DerRecord>>,
+    der_states: FxHashMap<NodeId, DerState>,
+    setpoints: FxHashMap<NodeId, Vec<Setpoint>>,
+    allocations: FxHashMap<(DispatchId, NodeId), NodeAllocation>,
+    site_ders: FxHashMap<NodeId, Vec<DerRecord>>,
 }
 
 impl Pending {
@@ -397,65 +409,47 @@ impl Pending {
     }
 
     /// Applies everything pending, in sled batches of at most `MAX_BATCH`
-    /// keys; a tree's records are forgotten only once all its batches are
-    /// applied. Updates the `pending` gauge before returning, so a flush
+    /// keys. Updates the `pending` gauge before returning, so a flush
     /// callback never sees a stale one.
     fn apply(&mut self, store: &Store, counters: &Counters) -> Result<(), StoreError> {
-        let result = self.apply_trees(store, counters);
-        counters.pending.store(self.len() as u64, Ordering::Relaxed);
-        result
+        while self.apply_next(store, counters)? {}
+        Ok(())
     }
 
-    fn apply_trees(&mut self, store: &Store, counters: &Counters) -> Result<(), StoreError> {
+    /// Applies one sled batch of at most `MAX_BATCH` keys, from the first
+    /// tree with records pending; what it applied is forgotten, what a
+    /// failed batch held stays pending. False if nothing was pending.
+    /// Between two batches the thread looks again at the cores, so an
+    /// apply that began in a lull does not hold a core through the burst
+    /// that follows.
+    fn apply_next(&mut self, store: &Store, counters: &Counters) -> Result<bool, StoreError> {
         let trees = &store.inner;
-        let applied = |n: usize| {
-            counters.batches_applied.fetch_add(1, Ordering::Relaxed);
-            counters
-                .records_written
-                .fetch_add(n as u64, Ordering::Relaxed);
+        let applied = if !self.der_states.is_empty() {
+            apply_some(&mut self.der_states, &trees.der_state, |items| {
+                der_state_batch(items.iter().map(|(id, s)| (id, s)))
+            })
+        } else if !self.setpoints.is_empty() {
+            apply_some(&mut self.setpoints, &trees.setpoints, |items| {
+                setpoints_batch(items.iter().map(|(id, s)| (id, s.as_slice())))
+            })
+        } else if !self.allocations.is_empty() {
+            apply_some(&mut self.allocations, &trees.allocations, |items| {
+                allocations_batch(items.iter().map(|(_, a)| a))
+            })
+        } else if !self.site_ders.is_empty() {
+            apply_some(&mut self.site_ders, &trees.site_ders, |items| {
+                site_ders_batch(items.iter().map(|(id, d)| (id, d.as_slice())))
+            })
+        } else {
+            return Ok(false);
         };
-        // Batches of at most MAX_BATCH keys; re-applying part of a tree's
-        // records after a failure is harmless (same values).
-        let states: Vec<_> = self.der_states.iter().collect();
-        for chunk in states.chunks(MAX_BATCH) {
-            let batch = der_state_batch(chunk.iter().copied())?;
-            trees.der_state.apply_batch(batch)?;
-            applied(chunk.len());
-        }
-        self.der_states.clear();
-        let setpoints: Vec<_> = self
-            .setpoints
-            .iter()
-            .map(|(id, s)| (id, s.as_slice()))
-            .collect();
-        for chunk in setpoints.chunks(MAX_BATCH) {
-            trees
-                .setpoints
-                .apply_batch(setpoints_batch(chunk.iter().copied())?)?;
-            applied(chunk.len());
-        }
-        self.setpoints.clear();
-        let allocations: Vec<_> = self.allocations.values().collect();
-        for chunk in allocations.chunks(MAX_BATCH) {
-            trees
-                .allocations
-                .apply_batch(allocations_batch(chunk.iter().copied())?)?;
-            applied(chunk.len());
-        }
-        self.allocations.clear();
-        let sites: Vec<_> = self
-            .site_ders
-            .iter()
-            .map(|(id, d)| (id, d.as_slice()))
-            .collect();
-        for chunk in sites.chunks(MAX_BATCH) {
-            trees
-                .site_ders
-                .apply_batch(site_ders_batch(chunk.iter().copied())?)?;
-            applied(chunk.len());
-        }
-        self.site_ders.clear();
-        Ok(())
+        counters.pending.store(self.len() as u64, Ordering::Relaxed);
+        let n = applied?;
+        counters.batches_applied.fetch_add(1, Ordering::Relaxed);
+        counters
+            .records_written
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(true)
     }
 
     fn apply_and_flush(&mut self, store: &Store, counters: &Counters) -> Result<(), StoreError> {
@@ -469,6 +463,24 @@ impl Pending {
                 counters.apply_errors.fetch_add(1, Ordering::Relaxed);
                 Err(e)
             }
+        }
+    }
+}
+
+/// Takes at most `MAX_BATCH` records out of `map` and applies them to
+/// `tree` as one batch built by `batch`; if sled refuses it, puts them
+/// back. How many were applied.
+fn apply_some<K: Eq + std::hash::Hash, V>(
+    map: &mut FxHashMap<K, V>,
+    tree: &sled::Tree,
+    batch: impl FnOnce(&[(K, V)]) -> Result<sled::Batch, StoreError>,
+) -> Result<usize, StoreError> {
+    let items: Vec<(K, V)> = map.extract_if(|_, _| true).take(MAX_BATCH).collect();
+    match batch(&items).and_then(|b| Ok(tree.apply_batch(b)?)) {
+        Ok(()) => Ok(items.len()),
+        Err(e) => {
+            map.extend(items);
+            Err(e)
         }
     }
 }
@@ -499,73 +511,89 @@ struct Writer<'a> {
     /// Set by the thread when nothing is pending; the next record's sender
     /// clears it and wakes the thread (see `Wake`).
     idle: &'a AtomicBool,
+    /// Set by the sender of a flush or shutdown request: take what is
+    /// queued now, busy cores or not.
+    urgent: &'a AtomicBool,
 }
 
 impl Writer<'_> {
     fn run(&mut self, load: &mut dyn LoadProbe) {
         let (store, options, counters) = (self.store, self.options, self.counters);
         let mut pending = Pending::default();
-        // When the oldest unapplied record must be applied.
-        let mut due: Option<Instant> = None;
-        // When the oldest unapplied record must be applied even while every
-        // core is busy.
-        let mut deadline: Option<Instant> = None;
-        // Put off since the last apply: only `due` brings the next look (not
-        // every tick past `max_pending`).
-        let mut deferring = false;
+        // When the oldest record not applied yet (taken or still in the
+        // channel) was first seen.
+        let mut since: Option<Instant> = None;
         // After a failed apply, when to try again (a burst must not retry on
         // every tick).
         let mut retry_at = Instant::now();
         loop {
-            if !self.take_queued(&mut pending) {
+            let now = Instant::now();
+            let urgent = self.urgent.swap(false, Ordering::AcqRel);
+            // Records may wait for the cores while nobody waits for them and
+            // the deadline allows.
+            let may_wait = |first: Instant| {
+                !urgent
+                    && !options.max_defer.is_zero()
+                    && now < first + options.interval + options.max_defer
+            };
+            // Every core busy (or not known yet), asked at most once a round.
+            let mut busy = None;
+            let mut cores_busy =
+                |load: &mut dyn LoadProbe| *busy.get_or_insert_with(|| load.busy() != Some(false));
+            // While they may wait, records stay where they are: taking them
+            // (hashing into `pending`) and applying them are both work the
+            // burst would wait for.
+            let holding = since.is_some_and(may_wait) && cores_busy(load);
+            if !holding && !self.take_queued(&mut pending) {
                 return;
             }
             counters
                 .pending
                 .store(pending.len() as u64, Ordering::Relaxed);
-            let now = Instant::now();
-            if pending.is_empty() {
-                due = None;
-                deadline = None;
-                deferring = false;
+            if !holding && pending.is_empty() {
+                since = None;
                 if !self.idle.swap(true, Ordering::AcqRel) {
                     // Just said so: look once more before sleeping, for a
                     // record sent before its sender could see the flag.
                     continue;
                 }
                 std::thread::park_timeout(IDLE_PARK);
+                if !self.idle.load(Ordering::Acquire) {
+                    // A sender cleared the flag: records are queued.
+                    since = Some(Instant::now());
+                }
                 continue;
             }
-            let due_at = *due.get_or_insert(now + options.interval);
-            let last_call = *deadline.get_or_insert(now + options.interval + options.max_defer);
-            let full = pending.len() >= options.max_pending && !deferring;
-            if now >= retry_at && (now >= due_at || full) {
-                // Every core busy (or not known yet): put it off a little, as
-                // long as the deadline allows. A flush request never waits.
-                if !options.max_defer.is_zero() && now < last_call && load.busy() != Some(false) {
-                    counters.deferred.fetch_add(1, Ordering::Relaxed);
-                    deferring = true;
-                    due = Some((now + DEFER_STEP).min(last_call));
-                    continue;
-                }
-                deferring = false;
-                match pending.apply(store, counters) {
-                    Ok(()) => {
-                        due = None;
-                        deadline = None;
+            let first = *since.get_or_insert(now);
+            let due_at = first + options.interval;
+            let due = now >= due_at || pending.len() >= options.max_pending;
+            if due && may_wait(first) && cores_busy(load) {
+                counters.deferred.fetch_add(1, Ordering::Relaxed);
+            } else if due && now >= retry_at {
+                // One batch at a time: the next round looks at the cores
+                // again before it applies more.
+                match pending.apply_next(store, counters) {
+                    Ok(_) => {
+                        if pending.is_empty() {
+                            since = None;
+                        }
                         continue;
                     }
                     Err(error) => {
                         counters.apply_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%error, pending = pending.len(), "write-behind: apply failed, will retry");
                         retry_at = now + options.interval;
-                        due = Some(retry_at);
                     }
                 }
             }
             // Records do not wake the thread while some are pending: take
-            // them every tick (and check `max_pending`), or when due.
-            let wake_at = due.map_or(now + TICK, |d| d.min(now + TICK));
+            // them every tick (and check `max_pending`, or whether the cores
+            // are still busy), or when due.
+            let wake_at = if due {
+                now + TICK
+            } else {
+                due_at.min(now + TICK)
+            };
             std::thread::park_timeout(wake_at.saturating_duration_since(now));
         }
     }
