@@ -27,15 +27,22 @@ fn config(rollup: Duration) -> FleetConfig {
 }
 
 async fn start(h: Hierarchy, rollup: Duration) -> Fleet {
-    Fleet::start(
+    start_counted(h, rollup).await.0
+}
+
+/// [`start`], with the fleet's metrics.
+async fn start_counted(h: Hierarchy, rollup: Duration) -> (Fleet, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::default());
+    let fleet = Fleet::start(
         h,
         config(rollup),
         Arc::new(NullJournal),
         Arc::new(vpp_actors::NoDevices),
-        Arc::new(Metrics::default()),
+        metrics.clone(),
     )
     .await
-    .expect("fleet starts")
+    .expect("fleet starts");
+    (fleet, metrics)
 }
 
 /// The split the pure math predicts for `power_w` at `node`, down to DERs.
@@ -113,17 +120,8 @@ async fn leaf_change_reaches_the_root() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_reports_once_per_batch() {
     use std::sync::atomic::Ordering::Relaxed;
-    let h = hierarchy(Strategy::ProRata);
-    let metrics = Arc::new(Metrics::default());
-    let fleet = Fleet::start(
-        h,
-        config(Duration::from_millis(10)),
-        Arc::new(NullJournal),
-        Arc::new(vpp_actors::NoDevices),
-        metrics.clone(),
-    )
-    .await
-    .expect("fleet starts");
+    let (fleet, metrics) =
+        start_counted(hierarchy(Strategy::ProRata), Duration::from_millis(10)).await;
     let before = root_up(&fleet).await;
     let sent_before = metrics.reports_sent.load(Relaxed);
     let states = (0..3u64).map(|k| {
@@ -139,6 +137,28 @@ async fn a_site_reports_once_per_batch() {
     // Let any further (wrong) report arrive before counting.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(metrics.reports_sent.load(Relaxed) - sent_before, 3);
+    fleet.stop().await;
+}
+
+/// A split over a site's DERs, and its cancel, each become one report from
+/// the site (then one per level above), not one per DER it changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_reports_a_split_over_its_ders_once() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (fleet, metrics) =
+        start_counted(hierarchy(Strategy::ProRata), Duration::from_millis(10)).await;
+    let sent = || metrics.reports_sent.load(Relaxed);
+    let before = sent();
+    let o = order("o1", "r1d1s2", 9_000);
+    let out = fleet.dispatch(o.clone()).await.unwrap();
+    assert_eq!((out.accepted_w, out.ders), (9_000, 3));
+    // Let the district's and region's windows pass.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(sent() - before, 3, "site, district, region: once each");
+    let before = sent();
+    fleet.cancel(&o).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(sent() - before, 3, "the cancel too");
     fleet.stop().await;
 }
 

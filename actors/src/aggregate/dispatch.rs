@@ -179,15 +179,17 @@ impl Aggregate {
                 // Hosted DER actors answer at once.
                 let now = now_ms();
                 let mut out = Vec::with_capacity(asks.len());
-                for &i in &asks {
-                    let want = alloc.shares[i] + extra[i];
-                    let available = self.children[i].env.available_w(order.direction);
-                    out.push(self.with_der(myself, i, |d, ctx| {
-                        d.expire(now);
-                        d.dispatch(&order, want, available, ctx)
-                    }));
-                    self.der_changed(myself, i);
-                }
+                self.as_one_report(|this| {
+                    for &i in &asks {
+                        let want = alloc.shares[i] + extra[i];
+                        let available = this.children[i].env.available_w(order.direction);
+                        out.push(this.with_der(myself, i, |d, ctx| {
+                            d.expire(now);
+                            d.dispatch(&order, want, available, ctx)
+                        }));
+                        this.der_changed(myself, i);
+                    }
+                });
                 self.ders_dirty = true;
                 self.desired_pending = true;
                 out
@@ -284,7 +286,7 @@ impl Aggregate {
         };
         // Kept while it places anything, or to show who refused and why.
         if placed > 0 || !alloc.record.refusals.is_empty() {
-            self.allocs.insert(order.id.clone(), alloc);
+            self.allocs.insert(alloc);
         }
         out
     }
@@ -298,10 +300,12 @@ impl Aggregate {
             .filter(|&i| alloc.shares[i] > 0)
             .collect();
         if !self.ders.is_empty() {
-            for i in holders {
-                let _ = self.with_der(myself, i, |d, _| d.cancel(id));
-                self.der_changed(myself, i);
-            }
+            self.as_one_report(|this| {
+                for i in holders {
+                    let _ = this.with_der(myself, i, |d, _| d.cancel(id));
+                    this.der_changed(myself, i);
+                }
+            });
             self.ders_dirty = true;
             self.desired_pending = true;
             return;
