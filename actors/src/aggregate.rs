@@ -82,13 +82,14 @@ pub(crate) enum ChildEnv {
     /// A hosted DER: its contribution, one kind and its response (a site
     /// keeps one per DER, so a quarter of a whole envelope's size matters).
     Der(DerFlex),
-    /// A site or virtual DER: its whole envelope.
-    Node(Box<FlexEnvelope>),
+    /// A site or virtual DER: its whole envelope, as it reported it (shared
+    /// with the child).
+    Node(Arc<FlexEnvelope>),
 }
 
 impl ChildEnv {
     pub(crate) fn node(env: FlexEnvelope) -> Self {
-        ChildEnv::Node(Box::new(env))
+        ChildEnv::Node(Arc::new(env))
     }
 
     pub(crate) fn available_w(&self, dir: Direction) -> u64 {
@@ -135,13 +136,13 @@ fn set_child(sum: &mut FlexEnvelope, c: &mut Child, new: ChildEnv) {
 }
 
 /// Replaces an aggregate child's envelope (reusing its box).
-fn set_node(sum: &mut FlexEnvelope, c: &mut Child, new: &FlexEnvelope) {
+fn set_node(sum: &mut FlexEnvelope, c: &mut Child, new: Arc<FlexEnvelope>) {
     match &mut c.env {
         ChildEnv::Node(old) => {
-            sum.replace(old, new);
-            **old = new.clone();
+            sum.replace(old, &new);
+            *old = new;
         }
-        ChildEnv::Der(_) => set_child(sum, c, ChildEnv::node(new.clone())),
+        ChildEnv::Der(_) => set_child(sum, c, ChildEnv::Node(new)),
     }
 }
 
@@ -185,6 +186,9 @@ pub(crate) struct AggregateArgs {
     /// Where local children put their reports (virtual DERs; `None` for
     /// sites, whose children are hosted).
     pub(crate) inbox: Option<Arc<Inbox>>,
+    /// Where in each roll-up period this node reports (virtual DERs; see
+    /// `Aggregate::flush_delay`).
+    pub(crate) phase: Duration,
     pub(crate) ctx: Arc<FleetCtx>,
 }
 
@@ -275,15 +279,21 @@ pub(crate) struct Aggregate {
     reported_losses: u64,
     by_actor: HashMap<ActorId, usize>,
     pub(crate) sum: FlexEnvelope,
-    reported: FlexEnvelope,
+    /// What it last reported; shared with a local parent, which keeps it
+    /// as this child's envelope (no copy per report).
+    reported: Arc<FlexEnvelope>,
     dirty: bool,
     /// A site is applying a batch of DER inputs: it reports at the end.
     in_batch: bool,
+    /// DER states applied in this batch, counted at its end.
+    states_uncounted: u64,
     flush_pending: bool,
+    /// Where in each roll-up period this node reports (`flush_delay`).
+    phase: Duration,
     pub(crate) allocs: Allocs,
     inbox: Option<Arc<Inbox>>,
     /// Reports taken from the inbox (kept to reuse its allocation).
-    drained: Vec<(u32, FlexEnvelope)>,
+    drained: Vec<(u32, Arc<FlexEnvelope>)>,
     pub(crate) ctx: Arc<FleetCtx>,
 }
 
@@ -346,11 +356,13 @@ fn start(a: AggregateArgs) -> Aggregate {
         sweep_pending: false,
         reported_losses: 0,
         by_actor: HashMap::new(),
-        reported: sum.clone(),
+        reported: Arc::new(sum.clone()),
         sum,
         dirty: false,
         in_batch: false,
+        states_uncounted: 0,
         flush_pending: false,
+        phase: a.phase,
         allocs,
         inbox: a.inbox,
         drained: Vec::new(),
@@ -467,7 +479,7 @@ impl Aggregate {
                 let Some(c) = self.children.get_mut(idx as usize) else {
                     return Later::Done;
                 };
-                set_node(&mut self.sum, c, &env);
+                set_node(&mut self.sum, c, Arc::from(env));
                 self.mark_dirty(myself);
             }
             AggregateMsg::ReportsWaiting => {
@@ -479,7 +491,7 @@ impl Aggregate {
                     self.drain_reports();
                 } else if !self.flush_pending {
                     self.flush_pending = true;
-                    myself.send_after(self.interval(), || AggregateMsg::Flush);
+                    myself.send_after(self.flush_delay(), || AggregateMsg::Flush);
                 }
             }
             AggregateMsg::Flush => {
@@ -651,7 +663,7 @@ impl Aggregate {
         for (idx, env) in self.drained.drain(..) {
             if let Some(c) = self.children.get_mut(idx as usize) {
                 if !c.failed {
-                    set_node(&mut self.sum, c, &env);
+                    set_node(&mut self.sum, c, env);
                     self.dirty = true;
                 }
             }
@@ -660,6 +672,20 @@ impl Aggregate {
 
     fn interval(&self) -> Duration {
         self.ctx.config.rollup_interval
+    }
+
+    /// How long until this virtual DER reports what has accumulated: until
+    /// the next instant of its phase in the roll-up period `T`. Periods are
+    /// aligned to the wall clock (so members of a cluster share them, to
+    /// within their clocks' skew), and a virtual DER of height `h` (see
+    /// `build.rs`) reports `h · T / (H + 1)` into each, `H` the tallest
+    /// below the root: children report just before their parents, and a
+    /// change climbs every level within one period plus a phase step per
+    /// level, under `2T` at any depth (a timer of `T` from the first change
+    /// at each level took up to `T` per level). Still one report per node
+    /// per period at most.
+    fn flush_delay(&self) -> Duration {
+        phase_wait(self.interval(), self.phase, wall_clock_us())
     }
 
     fn mark_dirty(&mut self, myself: &ActorRef<AggregateMsg>) {
@@ -683,7 +709,7 @@ impl Aggregate {
             return;
         }
         self.flush_pending = true;
-        myself.send_after(self.interval(), || AggregateMsg::Flush);
+        myself.send_after(self.flush_delay(), || AggregateMsg::Flush);
     }
 
     /// Runs `f`, which changes hosted DERs, as one batch: the site reports
@@ -694,6 +720,13 @@ impl Aggregate {
         self.in_batch = true;
         let r = f(self);
         self.in_batch = false;
+        let applied = std::mem::take(&mut self.states_uncounted);
+        if applied > 0 {
+            self.ctx
+                .metrics
+                .states_applied
+                .fetch_add(applied, std::sync::atomic::Ordering::Relaxed);
+        }
         if self.dirty {
             self.flush();
         }
@@ -702,10 +735,10 @@ impl Aggregate {
 
     fn flush(&mut self) {
         self.dirty = false;
-        if self.sum == self.reported {
+        if self.sum == *self.reported {
             return;
         }
-        self.reported = self.sum.clone();
+        self.reported = Arc::new(self.sum.clone());
         if self.parent.is_some() {
             Metrics::inc(&self.ctx.metrics.reports_sent);
             self.report_up();
@@ -716,7 +749,7 @@ impl Aggregate {
     fn report_up(&mut self) {
         match &self.parent {
             Some(Parent::Local(parent, idx, inbox)) => {
-                let first = inbox.put(*idx, &self.reported);
+                let first = inbox.put(*idx, Arc::clone(&self.reported));
                 if first {
                     // Only the first report since the parent's flush wakes it.
                     let _ = parent.cast(AggregateMsg::ReportsWaiting);
@@ -730,7 +763,7 @@ impl Aggregate {
                         RemoteCast::ChildReport {
                             to: parent.clone(),
                             idx: *idx,
-                            env: Box::new(self.reported.clone()),
+                            env: Box::new((*self.reported).clone()),
                         },
                     );
                 }
@@ -801,7 +834,7 @@ impl Aggregate {
         let results = futures::future::join_all(asks).await;
         for (c, r) in self.children.iter_mut().zip(results) {
             if let Ok(env) = r {
-                set_node(&mut self.sum, c, &env);
+                set_node(&mut self.sum, c, Arc::new(env));
             }
         }
     }
@@ -874,7 +907,7 @@ impl Aggregate {
         tracing::warn!(node = %self.id, child = %c.id, reason = %why, "child actor down");
         c.failed = true;
         c.actor = None;
-        set_node(&mut self.sum, c, &FlexEnvelope::zero());
+        set_node(&mut self.sum, c, Arc::new(FlexEnvelope::zero()));
         self.mark_dirty(myself);
     }
 
@@ -887,11 +920,13 @@ impl Aggregate {
         idx: usize,
         f: impl FnOnce(&mut DerActor, &FleetCtx) -> T,
     ) -> Result<T, String> {
-        let ctx = self.ctx.clone();
+        // Borrowed, not cloned: a clone per call bumped the fleet's one
+        // reference count from both workers, twice per DER.
+        let ctx = &self.ctx;
         let Some(d) = self.ders.get_mut(idx) else {
             return Err(format!("{} hosts no DER number {idx}", self.id));
         };
-        match std::panic::catch_unwind(AssertUnwindSafe(|| f(d, &ctx))) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| f(d, ctx))) {
             Ok(v) => Ok(v),
             Err(panic) => {
                 let msg = panic
@@ -934,6 +969,11 @@ impl Aggregate {
             Err(_) => return Ok(()), // restarted; the failure is counted
         };
         self.ders_dirty = true;
+        if self.in_batch {
+            self.states_uncounted += 1;
+        } else {
+            Metrics::inc(&self.ctx.metrics.states_applied);
+        }
         self.fold_der(myself, idx, env);
         Ok(())
     }
@@ -1028,6 +1068,27 @@ impl Aggregate {
         }
         self.arm_sweep(myself);
     }
+}
+
+/// From `now_us` (µs since the Unix epoch) to the next instant `phase` into
+/// a period of `period` (periods counted from the epoch); a full period if
+/// that instant is now.
+fn phase_wait(period: Duration, phase: Duration, now_us: u64) -> Duration {
+    let t = period.as_micros() as u64;
+    if t == 0 {
+        return Duration::ZERO;
+    }
+    let phase = phase.as_micros() as u64 % t;
+    let wait = (phase + t - now_us % t) % t;
+    Duration::from_micros(if wait == 0 { t } else { wait })
+}
+
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+fn wall_clock_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -291,6 +291,9 @@ pub(crate) async fn build(
             _ => None,
         });
     }
+    // Heights (a site 0, a virtual DER one more than its tallest child) set
+    // each virtual DER's phase in the roll-up period (`Aggregate::flush_delay`).
+    let mut height: Vec<u32> = vec![0; n_aggs as usize];
     for idx in (0..slots.len()).rev() {
         let s = &slots[idx];
         if matches!(s.spec, Spec::Der(_)) {
@@ -302,7 +305,25 @@ pub(crate) async fn build(
             sum.add(&env_of(c, &envs, &states));
         }
         envs[agg_no[idx] as usize] = sum;
+        if matches!(s.spec, Spec::Virtual(_)) {
+            let tallest = (a..a + n)
+                .filter(|&c| agg_no[c] != u32::MAX)
+                .map(|c| height[agg_no[c] as usize])
+                .max()
+                .unwrap_or(0);
+            height[agg_no[idx] as usize] = tallest + 1;
+        }
     }
+    // The tallest virtual DER that reports to a parent (the root does not).
+    let tallest = slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.parent != u32::MAX && matches!(s.spec, Spec::Virtual(_)))
+        .map(|(i, _)| height[agg_no[i] as usize])
+        .max()
+        .unwrap_or(0);
+    let interval = ctx.config.rollup_interval;
+    let phase_of = |i: usize| interval * height[agg_no[i] as usize] / (tallest + 1);
 
     let t_rollup = t0.elapsed() - t_layout;
     // 3. Spawn the aggregates level by level; DERs go to their site.
@@ -412,6 +433,7 @@ pub(crate) async fn build(
                 ders,
                 allocations,
                 inbox,
+                phase: phase_of(idx),
                 ctx: ctx.clone(),
             };
             items.push((idx, Item { args, is_site }, sup));

@@ -197,7 +197,8 @@ impl DerActor {
         if heard_ms.is_some() {
             self.heard_ms = heard_ms;
         }
-        Metrics::inc(&ctx.metrics.states_applied);
+        // Counted by the site (once per batch: a shared counter bumped per
+        // DER bounced its cache line between the workers).
         Ok(self.flex())
     }
 

@@ -88,3 +88,25 @@ async fn a_panicking_der_is_restarted_and_its_site_lives_on() {
     assert!(fleet.view(&id("d0")).await.unwrap().state.unwrap().online);
     fleet.stop().await;
 }
+
+/// Roll-up phases: a virtual DER waits for the next instant of its phase in
+/// the wall-clock period, never less than a moment nor more than a period.
+#[test]
+fn a_report_waits_for_the_next_instant_of_its_phase() {
+    use std::time::Duration;
+
+    use super::phase_wait;
+    let ms = Duration::from_millis;
+    let t = ms(100);
+    // 1,000,030 ms since the epoch is 30 ms into a period.
+    let now = 1_000_030_000;
+    assert_eq!(phase_wait(t, ms(50), now), ms(20));
+    // Past this period's instant: the next period's.
+    assert_eq!(phase_wait(t, ms(10), now), ms(80));
+    // At the instant itself: a whole period (at most one report per period).
+    assert_eq!(phase_wait(t, ms(30), now), ms(100));
+    // Parents (larger phases) come after their children in every period.
+    assert!(phase_wait(t, ms(33), now) < phase_wait(t, ms(66), now));
+    // No period: at once.
+    assert_eq!(phase_wait(Duration::ZERO, ms(10), now), Duration::ZERO);
+}
