@@ -153,10 +153,13 @@ struct Counters {
     warned_stopped: AtomicBool,
 }
 
+/// A queued record or request. Kept small (the larger records are boxed):
+/// the channel stores messages inline in blocks it allocates zeroed, and a
+/// burst leaves a quarter of a million of them waiting.
 enum Msg {
-    DerState(NodeId, DerState),
+    DerState(Box<(NodeId, DerState)>),
     Setpoints(NodeId, Vec<Setpoint>),
-    Allocation(NodeAllocation),
+    Allocation(Box<NodeAllocation>),
     SiteDers(NodeId, Vec<DerRecord>),
     Flush(FlushDone),
     Shutdown(FlushDone),
@@ -286,7 +289,7 @@ impl std::fmt::Debug for WriteBehind {
 impl WriteBehindHandle {
     /// Queues the state of one DER (replaces any queued state of that DER).
     pub fn queue_der_state(&self, id: NodeId, state: DerState) {
-        self.send(Msg::DerState(id, state));
+        self.send(Msg::DerState(Box::new((id, state))));
     }
 
     /// Queues the active setpoints of one DER; an empty list deletes them.
@@ -302,7 +305,7 @@ impl WriteBehindHandle {
 
     /// Queues one node's allocation of one order.
     pub fn queue_allocation(&self, allocation: NodeAllocation) {
-        self.send(Msg::Allocation(allocation));
+        self.send(Msg::Allocation(Box::new(allocation)));
     }
 
     /// Asks the thread to apply everything queued before this call and flush
@@ -391,7 +394,8 @@ impl Pending {
 
     fn add(&mut self, msg: Msg) {
         match msg {
-            Msg::DerState(id, s) => {
+            Msg::DerState(record) => {
+                let (id, s) = *record;
                 self.der_states.insert(id, s);
             }
             Msg::Setpoints(id, s) => {
@@ -399,7 +403,7 @@ impl Pending {
             }
             Msg::Allocation(a) => {
                 self.allocations
-                    .insert((a.dispatch.clone(), a.node.clone()), a);
+                    .insert((a.dispatch.clone(), a.node.clone()), *a);
             }
             Msg::SiteDers(id, ders) => {
                 self.site_ders.insert(id, ders);

@@ -353,3 +353,13 @@ fn a_stopped_thread_counts_dropped_records_and_refuses_flushes() {
         Err(StoreError::WriteBehindStopped)
     ));
 }
+
+#[test]
+fn a_queued_message_stays_small() {
+    // The channel keeps messages inline; a burst leaves 250k waiting.
+    assert!(
+        std::mem::size_of::<Msg>() <= 48,
+        "{}",
+        std::mem::size_of::<Msg>()
+    );
+}
