@@ -10,7 +10,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::mosquitto::{free_port, free_port_pair};
 use common::{eventually, request_as, small_toml};
@@ -166,19 +166,28 @@ fn ledger_head(m: &Member, token: &str) -> Value {
 }
 
 /// The capacity of `north` as every member answers it (asserted equal,
-/// apart from when it was read).
+/// apart from when it was read). The roll-up may still be carrying a change
+/// up the tree (a split's response lands within two roll-up periods), so
+/// three reads in a row may straddle it: they are taken again until they
+/// agree, for at most 10 s.
 fn same_capacity_everywhere(m: &[Member], token: &str) -> Value {
-    let caps: Vec<Value> = m
-        .iter()
-        .map(|x| {
-            let (s, mut v) = x.get(token, "/api/v1/nodes/north/capacity");
-            assert_eq!(s, 200, "{}: {v}", x.name);
-            v["as_of_ms"] = Value::Null; // when it was read
-            v
-        })
-        .collect();
-    assert!(caps.windows(2).all(|w| w[0] == w[1]), "{caps:#?}");
-    caps.into_iter().next().unwrap_or_default()
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let caps: Vec<Value> = m
+            .iter()
+            .map(|x| {
+                let (s, mut v) = x.get(token, "/api/v1/nodes/north/capacity");
+                assert_eq!(s, 200, "{}: {v}", x.name);
+                v["as_of_ms"] = Value::Null; // when it was read
+                v
+            })
+            .collect();
+        if caps.windows(2).all(|w| w[0] == w[1]) {
+            return caps.into_iter().next().unwrap_or_default();
+        }
+        assert!(Instant::now() < deadline, "{caps:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Three members started and ready, and the first operator's token once

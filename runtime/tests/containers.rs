@@ -459,8 +459,11 @@ fn a_dispatch_through_any_node_survives_the_leader_being_killed() {
         r["acked_kw"],
         killed_at.elapsed().as_secs_f64()
     );
-    // Devices of every survivor's shards got the order (desired documents
-    // went out from each).
+    // Desired documents went out from the survivors. Not necessarily from
+    // each: the generated tree splits with merit order and fair rotation at
+    // random levels, so the order may land on a few sites, and which member
+    // hosts them depends on the member names (they hold the test's pid). One
+    // CI run saw [0, 87]. The devices' acks above show the whole order landed.
     let sent: Vec<u64> = survivors
         .iter()
         .map(|n| {
@@ -469,7 +472,7 @@ fn a_dispatch_through_any_node_survives_the_leader_being_killed() {
         })
         .collect();
     assert!(
-        sent.iter().all(|k| *k > 0),
+        sent.iter().sum::<u64>() > 0,
         "desired documents per survivor: {sent:?}"
     );
     for n in &survivors {
