@@ -85,6 +85,16 @@ fn a_flush_request_does_not_wait_for_busy_cores() {
     assert!(store.load_der_states().unwrap().contains_key(&id("a")));
 }
 
+/// Lets the thread go idle (so the first record wakes it), then queues the
+/// states of DERs `d0` .. `d{n-1}`.
+fn queue_states_once_idle(h: &WriteBehindHandle, n: u64) {
+    h.flush_blocking().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    for i in 0..n {
+        h.queue_der_state(id(&format!("d{i}")), state(i));
+    }
+}
+
 #[test]
 fn while_every_core_is_busy_records_are_not_even_taken_from_the_channel() {
     let (_dir, store) = temp_store();
@@ -94,12 +104,7 @@ fn while_every_core_is_busy_records_are_not_even_taken_from_the_channel() {
     };
     let (wb, asked) = with_probe(&store, options, Some(true));
     let h = wb.handle();
-    // Let the thread go idle first, so the first record wakes it.
-    h.flush_blocking().unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    for i in 0..5 {
-        h.queue_der_state(id(&format!("d{i}")), state(i));
-    }
+    queue_states_once_idle(&h, 5);
     // Due at once, and over max_pending, yet left where they are: nothing
     // taken (the gauge counts what was taken), nothing applied.
     eventually("deferrals", || wb.stats().deferred >= 3);
@@ -128,11 +133,7 @@ fn an_apply_begun_in_a_lull_stops_between_batches_when_the_cores_get_busy() {
         WriteBehind::start_with_probe(store.clone(), due_at_once_deferred_for_an_hour(), probe)
             .unwrap();
     let h = wb.handle();
-    h.flush_blocking().unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    for i in 0..2500 {
-        h.queue_der_state(id(&format!("d{i}")), state(i));
-    }
+    queue_states_once_idle(&h, 2500);
     // The first batch went in while the cores were idle; then they were
     // busy, and the rest waits.
     eventually("deferrals", || wb.stats().deferred >= 3);
