@@ -28,6 +28,7 @@ use bytes::Bytes;
 use rumqttc::{ConnectionError, Event, EventLoop, Incoming, Outgoing};
 use tokio::sync::{mpsc, watch, Notify};
 
+use crate::gateway::Shared;
 use crate::rng::SplitMix64;
 use crate::stats::Counters;
 
@@ -55,6 +56,9 @@ pub(crate) struct Driver {
     pub(crate) storm: Arc<Notify>,
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) counters: Arc<Counters>,
+    /// Until the first connect's subscriptions are all acknowledged: the
+    /// start gate and how many SUBACKs are still to come.
+    pub(crate) gate: Option<(Arc<Shared>, usize)>,
     pub(crate) start_delay: Duration,
     pub(crate) rng: SplitMix64,
 }
@@ -128,6 +132,15 @@ impl Driver {
                     };
                     if self.inbound.send(m).is_err() {
                         break;
+                    }
+                }
+                Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                    if let Some((shared, left)) = &mut self.gate {
+                        *left = left.saturating_sub(1);
+                        if *left == 0 {
+                            shared.gate.subscribed();
+                            self.gate = None;
+                        }
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,

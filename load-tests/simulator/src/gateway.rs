@@ -21,6 +21,7 @@
 use std::cmp::Ordering;
 use std::collections::hash_map::Entry;
 use std::collections::BinaryHeap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +43,7 @@ use crate::rng::{fnv1a, SplitMix64};
 use crate::stats::{Counters, Probe};
 
 /// Subscription filters per SUBSCRIBE packet.
-const FILTERS_PER_PACKET: usize = 100;
+pub(crate) const FILTERS_PER_PACKET: usize = 100;
 /// Devices handled per telemetry tick, roughly.
 const TICK_BATCH: f64 = 32.0;
 /// Shortest and longest telemetry tick.
@@ -50,6 +51,65 @@ const MIN_TICK: Duration = Duration::from_millis(10);
 const MAX_TICK: Duration = Duration::from_secs(1);
 /// Inbound messages handled before the loop looks at its timers again.
 const INBOUND_BATCH: usize = 1024;
+
+/// Longest a connection holds its devices' first messages back, waiting
+/// for every other connection to subscribe (see [`StartGate`]).
+const START_GATE_MAX: Duration = Duration::from_secs(60);
+
+/// Holds every device's first publish until every connection has its
+/// subscriptions acknowledged (or [`START_GATE_MAX`] has passed).
+///
+/// A broker that indexes topics and filters poorly pays for each new
+/// filter in proportion to the topics and retained messages it already
+/// holds (rumqttd scans them all on its one router thread: see
+/// `runtime/src/mqtt.rs`). Subscribing first, while the broker holds
+/// nothing, keeps a million-device start from stalling the broker for
+/// minutes and timing connections out. Reconnects later pay as any
+/// device would.
+#[derive(Debug)]
+pub(crate) struct StartGate {
+    pending: AtomicUsize,
+    open: watch::Sender<bool>,
+}
+
+impl StartGate {
+    pub(crate) fn new(connections: usize) -> Self {
+        Self {
+            pending: AtomicUsize::new(connections),
+            open: watch::Sender::new(connections == 0),
+        }
+    }
+
+    /// One connection has every subscription acknowledged.
+    pub(crate) fn subscribed(&self) {
+        if self.pending.fetch_sub(1, Relaxed) == 1 {
+            self.open.send_replace(true);
+            tracing::info!("every connection subscribed; devices start publishing");
+        }
+    }
+
+    /// Sets how many connections the gate waits for (once they are built).
+    pub(crate) fn expect(&self, connections: usize) {
+        self.pending.store(connections, Relaxed);
+        if connections == 0 {
+            self.open.send_replace(true);
+        }
+    }
+
+    async fn wait(&self) {
+        let mut open = self.open.subscribe();
+        if tokio::time::timeout(START_GATE_MAX, open.wait_for(|o| *o))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                waiting = self.pending.load(Relaxed),
+                "not every connection subscribed within {} s; publishing anyway",
+                START_GATE_MAX.as_secs()
+            );
+        }
+    }
+}
 
 /// What every gateway shares.
 #[derive(Debug)]
@@ -60,6 +120,7 @@ pub(crate) struct Shared {
     pub(crate) ack_latency_ms: [u64; 2],
     pub(crate) counters: Arc<Counters>,
     pub(crate) probe: Arc<Probe>,
+    pub(crate) gate: StartGate,
 }
 
 /// A device as its gateway holds it.
@@ -140,6 +201,8 @@ pub(crate) struct Gateway {
     pub(crate) lone_site: Option<NodeId>,
     pub(crate) rng: SplitMix64,
     connected: bool,
+    /// Has not connected yet: the first connect waits at the start gate.
+    first_connect: bool,
     timers: BinaryHeap<Timer>,
     timer_seq: u64,
     cursor: usize,
@@ -182,6 +245,7 @@ impl Gateway {
             lone_site,
             rng,
             connected: false,
+            first_connect: true,
             timers: BinaryHeap::new(),
             timer_seq: 0,
             cursor: 0,
@@ -295,6 +359,9 @@ impl Gateway {
             if self.client.subscribe_many(filters).await.is_err() {
                 self.shared.counters.publish_errors.fetch_add(1, Relaxed);
             }
+        }
+        if std::mem::take(&mut self.first_connect) {
+            self.shared.gate.wait().await;
         }
         if let Some(site) = &self.lone_site {
             let online = self.encode(&Status {

@@ -211,6 +211,7 @@ pub async fn start(config: SimConfig, sites: Vec<SimSite>) -> Result<SimHandle, 
         ack_latency_ms: config.faults.ack_latency_ms,
         counters: counters.clone(),
         probe: probe.clone(),
+        gate: gateway::StartGate::new(usize::MAX),
     });
     let build = {
         let (shared, stop_dr) = (shared.clone(), stop_drivers.subscribe());
@@ -222,6 +223,9 @@ pub async fn start(config: SimConfig, sites: Vec<SimSite>) -> Result<SimHandle, 
         .map_err(|e| SimError::config("start", format!("building the fleet failed: {e}")))?;
 
     let connections = prepared.len();
+    shared
+        .gate
+        .expect(prepared.iter().filter(|p| p.driver.gate.is_some()).count());
     let mut gateways = Vec::with_capacity(connections);
     let mut drivers = Vec::with_capacity(connections);
     let mut storms = Vec::with_capacity(connections);
@@ -371,6 +375,9 @@ fn prepare(
             storm: Arc::new(Notify::new()),
             stop: stop_drivers.clone(),
             counters: shared.counters.clone(),
+            gate: Some(plan.filters.len().div_ceil(gateway::FILTERS_PER_PACKET))
+                .filter(|&packets| packets > 0)
+                .map(|packets| (shared.clone(), packets)),
             start_delay: Duration::from_secs_f64(ci as f64 / config.connect_per_s)
                 .min(Duration::from_secs_f64(n_plans / config.connect_per_s)),
             rng: SplitMix64::new(rng.next_u64()),
