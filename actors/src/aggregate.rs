@@ -568,10 +568,10 @@ impl Aggregate {
                 });
                 self.arm_sweep(myself);
             }
-            AggregateMsg::Republish => {
+            AggregateMsg::Republish(unapplied_only) => {
                 let now = now_ms();
                 for d in &mut self.ders {
-                    if let Some(doc) = d.republish(now) {
+                    if let Some(doc) = d.republish(now, unapplied_only) {
                         Metrics::inc(&self.ctx.metrics.desired_published);
                         self.ctx.devices.desired(&self.id, &d.spec().id, &doc);
                     }

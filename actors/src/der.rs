@@ -370,9 +370,15 @@ impl DerActor {
     }
 
     /// The current desired document again (after a broker reconnect), if
-    /// there is anything the device should know.
-    pub(crate) fn republish(&mut self, now_ms: u64) -> Option<Desired> {
-        (self.published || !self.held.is_empty()).then(|| self.publish(now_ms))
+    /// there is anything the device should know; with `unapplied_only`, only
+    /// if a setpoint it holds is not yet acked as applied.
+    pub(crate) fn republish(&mut self, now_ms: u64, unapplied_only: bool) -> Option<Desired> {
+        let due = if unapplied_only {
+            self.held.iter().any(|h| h.ack != AckState::Applied)
+        } else {
+            self.published || !self.held.is_empty()
+        };
+        due.then(|| self.publish(now_ms))
     }
 
     fn publish(&mut self, now_ms: u64) -> Desired {

@@ -556,7 +556,17 @@ impl Fleet {
     /// link reconnected to a broker that may have lost retained messages).
     pub fn republish_desired(&self) {
         for site in &self.inner.sites {
-            let _ = site.cast(AggregateMsg::Republish);
+            let _ = site.cast(AggregateMsg::Republish(false));
+        }
+    }
+
+    /// DERs holding a setpoint not yet acked as applied publish their
+    /// desired document again, with a new version (after the device link's
+    /// reading side reconnected: acks sent meanwhile are lost, and this asks
+    /// for them again without resending every document).
+    pub fn republish_unapplied(&self) {
+        for site in &self.inner.sites {
+            let _ = site.cast(AggregateMsg::Republish(true));
         }
     }
 

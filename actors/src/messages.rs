@@ -96,8 +96,11 @@ pub(crate) enum AggregateMsg {
     GatewayStatus(bool),
     /// Time to take silent devices offline.
     Sweep,
-    /// Publish every DER's desired document again (after a broker reconnect).
-    Republish,
+    /// Publish DERs' desired documents again: every DER's (`false`: the
+    /// broker may have lost its retained messages), or only those of DERs
+    /// holding a setpoint the device has not yet acked as applied (`true`:
+    /// the runtime's reading connection was away, so acks may be lost).
+    Republish(bool),
     /// A child could no longer hold part of its share of an order (a device
     /// rejected its setpoint after the split): re-split it.
     ShareRefused {

@@ -300,3 +300,31 @@ async fn republish_sends_current_documents_with_newer_versions() {
     );
     fleet.stop().await;
 }
+
+#[tokio::test]
+async fn republish_unapplied_asks_again_only_where_no_applied_ack_came() {
+    // Pro rata over every DER: all four hold a setpoint.
+    let (fleet, rec, _) = start(Duration::from_secs(60)).await;
+    fleet.dispatch(order("o1", "root", 4_000)).await.unwrap();
+    let applied = rec.latest("s0b0").unwrap();
+    let waiting = rec.latest("s1b1").unwrap();
+    ack(&fleet, "s0", "s0b0", applied.version, AckStatus::Applied);
+    ack(&fleet, "s1", "s1b1", waiting.version, AckStatus::Accepted);
+    fleet.view(&id("s0")).await.unwrap(); // both sites have handled the acks
+    fleet.view(&id("s1")).await.unwrap();
+
+    fleet.republish_unapplied();
+    let again = eventually(5, || async {
+        let d = rec.latest("s1b1")?;
+        (d.version > waiting.version).then_some(d)
+    })
+    .await;
+    assert_eq!(again.setpoints, waiting.setpoints);
+    fleet.view(&id("s0")).await.unwrap(); // s0 has handled the republish
+    assert_eq!(
+        rec.latest("s0b0").unwrap().version,
+        applied.version,
+        "a device that acked its setpoints as applied is not asked again"
+    );
+    fleet.stop().await;
+}

@@ -229,13 +229,45 @@ pub fn ingest_batch(
     }
 }
 
+/// Starts [`pump`] on a thread of its own (the `vpp-ingest` runtime), so that
+/// reading device messages never waits behind the actors' tasks: after a
+/// burst the shared runtime's queue can hold a million of them, and a pump
+/// that gets one turn per pass through that queue ingests a batch per pass.
+pub fn spawn_pump(
+    node: Arc<crate::node::Node>,
+    events: tokio::sync::mpsc::Receiver<crate::mqtt::MqttEvent>,
+) -> tokio::task::JoinHandle<()> {
+    static RT: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
+    RT.get_or_init(|| crate::mqtt::dedicated_runtime("vpp-ingest"))
+        .clone()
+        .unwrap_or_else(tokio::runtime::Handle::current)
+        .spawn(pump(node, events))
+}
+
+/// Every DER with a document publishes it again, or (`unapplied_only`)
+/// every DER holding a setpoint not yet acked as applied.
+async fn republish(node: &crate::node::Node, unapplied_only: bool) {
+    if let Ok(f) = node.fleet().await {
+        if unapplied_only {
+            f.republish_unapplied();
+        } else {
+            f.republish_desired();
+        }
+    }
+}
+
 /// Most messages handed to the fleet at once.
 const BATCH: usize = 4096;
 
 /// Reads the MQTT session's events until it ends: device messages go to the
-/// fleet in batches (one actor message per site per batch); every
-/// (re)connection republishes the desired documents, since an external
-/// broker may have restarted and lost its retained messages.
+/// fleet in batches (one actor message per site per batch). The first
+/// connection publishes the desired documents, and so does every comeback
+/// of the publishing connection, since an external broker may have
+/// restarted and lost its retained messages. A reconnect of the reading
+/// connection alone republishes only for DERs whose device has not acked
+/// its setpoints as applied (acks sent meanwhile are lost): at a million
+/// devices that connection drops when the broker falls behind, and
+/// republishing all ~280k documents then fed the overload.
 pub async fn pump(
     node: Arc<crate::node::Node>,
     mut events: tokio::sync::mpsc::Receiver<crate::mqtt::MqttEvent>,
@@ -243,6 +275,7 @@ pub async fn pump(
     use crate::mqtt::MqttEvent;
     let stats = node.ingest.clone();
     let mut batch: Vec<(String, bytes::Bytes)> = Vec::with_capacity(BATCH);
+    let mut first_connect = true;
     while let Some(first) = events.recv().await {
         let mut next = Some(first);
         while let Some(ev) = next.take() {
@@ -250,10 +283,21 @@ pub async fn pump(
                 MqttEvent::Message { topic, payload } => batch.push((topic, payload)),
                 MqttEvent::Connected => {
                     stats.connects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!("connected to the MQTT broker; republishing desired documents");
-                    if let Ok(f) = node.fleet().await {
-                        f.republish_desired();
+                    if std::mem::replace(&mut first_connect, false) {
+                        tracing::info!(
+                            "connected to the MQTT broker; publishing desired documents"
+                        );
+                        republish(&node, false).await;
+                    } else {
+                        tracing::info!(
+                            "connected to the MQTT broker again; asking for acks that may be lost"
+                        );
+                        republish(&node, true).await;
                     }
+                }
+                MqttEvent::PublisherReconnected => {
+                    tracing::info!("publishing connection back; republishing desired documents (the broker may have restarted)");
+                    republish(&node, false).await;
                 }
                 MqttEvent::Disconnected(why) => {
                     tracing::warn!(%why, "lost the MQTT broker; reconnecting");

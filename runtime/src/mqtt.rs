@@ -11,6 +11,7 @@
 //!                                                           └──► rumqttc ──TCP──► Mosquitto, …
 //!   Receiver<MqttEvent> ◄── reader (same link or connection)
 //!   (bounded, 65,536)       Connected · Disconnected(why) · Message { topic, payload }
+//!                           · PublisherReconnected (external: the out connection is back)
 //! ```
 //!
 //! * [`EmbeddedBroker`] runs rumqttd in this process: its router and one thread
@@ -20,7 +21,9 @@
 //!   [`MqttPublisher`] and a bounded receiver of [`MqttEvent`]s, for either
 //!   [`BrokerTarget`]. `Connected` comes on the first connection and after
 //!   every reconnect, once the subscriptions are in place; a session
-//!   reconnects by itself (back-off 200 ms doubling to 5 s).
+//!   reconnects by itself (back-off 200 ms doubling to 5 s). On an external
+//!   broker `PublisherReconnected` says the connection that publishes came
+//!   back: only then may the broker have lost the retained messages.
 //! * Publishing never blocks: [`MqttPublisher::publish`] checks the topic and
 //!   size, then enqueues. Callers are actor handlers, so it is plain sync code.
 //!
@@ -69,8 +72,47 @@ pub use broker::{check_client_id, EmbeddedBroker, Listener, ListenerProtocol};
 pub use broker_config::{
     default_broker_config, load_broker_config, parse_broker_config, DEFAULT_BROKER_TOML,
 };
-pub use session::{MqttPublisher, MqttSession, PublisherStats};
+pub use session::{shed_total, MqttPublisher, MqttSession, PublisherStats};
 pub use url::{BrokerUrl, DEFAULT_PORT};
+
+/// A tokio runtime on a thread of its own, for the external broker's
+/// connections. On a node with a million actors the shared runtime's queue
+/// can hold a million ready tasks after a burst; a connection task waiting
+/// its turn there leaves the socket unread for seconds, and the keep-alive
+/// fails ("Last pingreq isn't acked": seen at 1M devices through Mosquitto).
+pub(crate) fn io_runtime() -> tokio::runtime::Handle {
+    static RT: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
+    RT.get_or_init(|| dedicated_runtime("vpp-mqtt-io"))
+        .clone()
+        .unwrap_or_else(tokio::runtime::Handle::current)
+}
+
+/// A single-threaded tokio runtime driven by a new thread named `name`;
+/// `None` (and a warning) if the OS refuses either, so callers fall back to
+/// the current runtime.
+pub fn dedicated_runtime(name: &str) -> Option<tokio::runtime::Handle> {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!(thread = name, error = %e, "no runtime of its own; sharing the main one");
+            return None;
+        }
+    };
+    let handle = rt.handle().clone();
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || rt.block_on(std::future::pending::<()>()));
+    match spawned {
+        Ok(_) => Some(handle),
+        Err(e) => {
+            tracing::warn!(thread = name, error = %e, "no thread of its own; sharing the main runtime");
+            None
+        }
+    }
+}
 
 /// Capacity of a session's incoming event channel. When the consumer falls
 /// this far behind, the session stops reading and the broker holds the rest.
@@ -123,10 +165,15 @@ pub enum Qos {
 /// What a session reports to its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MqttEvent {
-    /// Connected (first time or again), with every filter subscribed.
-    /// Retained state the owner publishes should be re-published now if the
-    /// broker may have lost it (an external broker restarted).
+    /// Connected (first time or again), with every filter subscribed. The
+    /// first one is the time to publish retained state the owner has.
     Connected,
+    /// External broker: the connection that publishes is back after a loss,
+    /// so the broker may have restarted and lost the retained messages the
+    /// owner published; publish them again. (A reconnect of the reading
+    /// connection alone says nothing of the kind: it may just have fallen
+    /// behind. The embedded broker lives in this process and keeps them.)
+    PublisherReconnected,
     /// The connection is gone; the session is already trying to reconnect.
     Disconnected(String),
     /// A message on one of the subscribed filters.

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::{BrokerChoice, NodeConfig};
-use crate::devices::{pump, DesiredOut, IngestStats};
+use crate::devices::{spawn_pump, DesiredOut, IngestStats};
 use crate::mqtt::{BrokerTarget, EmbeddedBroker, MqttSession, Qos};
 use crate::node::Node;
 
@@ -148,10 +148,10 @@ pub async fn start(config: NodeConfig, opts: &ServeOptions) -> Result<Running> {
         c.set_api(crate::api::router(node.clone()));
     }
     let pump_task = match node.shard_watch() {
-        None => tokio::spawn(pump(node.clone(), events)),
+        None => spawn_pump(node.clone(), events),
         Some(shards) => {
             // The publishing session's events: only (re)connections matter.
-            tokio::spawn(pump(node.clone(), events));
+            spawn_pump(node.clone(), events);
             let all = node.config().cluster.subscribe == "all";
             tokio::spawn(ingest_shards(node.clone(), target, client_id, shards, all))
         }
@@ -203,7 +203,7 @@ async fn ingest_shards(
         let id = format!("{client_id}-in{generation}");
         match MqttSession::connect(target.clone(), &id, filters).await {
             Ok((publisher, events)) => {
-                let pump_task = tokio::spawn(pump(node.clone(), events));
+                let pump_task = spawn_pump(node.clone(), events);
                 if let Some((_, old)) = current.replace((publisher, pump_task)) {
                     old.abort();
                 }

@@ -457,21 +457,28 @@ fn external(m: &Mosquitto) -> BrokerTarget {
     BrokerTarget::External(m.url().parse::<BrokerUrl>().unwrap())
 }
 
+type Session = (MqttPublisher, mpsc::Receiver<MqttEvent>);
+
+/// A runtime session subscribed to `filters` and a device session with none,
+/// both on `m` and connected.
+async fn runtime_and_device(m: &Mosquitto, filters: &[&str]) -> (Session, Session) {
+    let filters = filters.iter().map(|f| f.to_string()).collect();
+    let mut runtime = MqttSession::connect(external(m), "vpp-runtime", filters)
+        .await
+        .unwrap();
+    let mut device = MqttSession::connect(external(m), "gw-1", vec![])
+        .await
+        .unwrap();
+    connected(&mut runtime.1).await;
+    connected(&mut device.1).await;
+    (runtime, device)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_session_publishes_subscribes_and_retains_through_mosquitto() {
     let mosquitto = Mosquitto::start();
-    let (_p, mut runtime_events) = MqttSession::connect(
-        external(&mosquitto),
-        "vpp-runtime",
-        vec!["vpp/v1/+/+/+/ack".to_string()],
-    )
-    .await
-    .unwrap();
-    let (device, mut device_events) = MqttSession::connect(external(&mosquitto), "gw-1", vec![])
-        .await
-        .unwrap();
-    connected(&mut runtime_events).await;
-    connected(&mut device_events).await;
+    let ((_p, mut runtime_events), (device, _device_events)) =
+        runtime_and_device(&mosquitto, &["vpp/v1/+/+/+/ack"]).await;
 
     let ack = "vpp/v1/4e/site-1/der-1/ack";
     publish(&device, ack, b"ok", Qos::AtLeastOnce, false);
@@ -497,15 +504,8 @@ async fn external_session_publishes_subscribes_and_retains_through_mosquitto() {
 async fn external_session_reconnects_and_resubscribes_after_mosquitto_restart() {
     let mut mosquitto = Mosquitto::start();
     let ack = "vpp/v1/4e/site-1/der-1/ack";
-    let (_p, mut runtime) =
-        MqttSession::connect(external(&mosquitto), "vpp-runtime", vec![ack.to_string()])
-            .await
-            .unwrap();
-    let (device, mut device_events) = MqttSession::connect(external(&mosquitto), "gw-1", vec![])
-        .await
-        .unwrap();
-    connected(&mut runtime).await;
-    connected(&mut device_events).await;
+    let ((_p, mut runtime), (device, mut device_events)) =
+        runtime_and_device(&mosquitto, &[ack]).await;
     publish(&device, ack, b"before", Qos::AtLeastOnce, false);
     assert_eq!(&message_on(&mut runtime, ack).await[..], b"before");
 
@@ -523,8 +523,22 @@ async fn external_session_reconnects_and_resubscribes_after_mosquitto_restart() 
     publish(&device, desired, b"while-down", Qos::AtLeastOnce, true);
 
     mosquitto.restart();
-    connected(&mut runtime).await;
-    connected(&mut device_events).await;
+    // Each session's reading connection says Connected again, and its
+    // publishing connection PublisherReconnected (the broker may have lost
+    // retained messages): in either order.
+    for events in [&mut runtime, &mut device_events] {
+        let (mut connected_again, mut publisher_back) = (false, false);
+        while !(connected_again && publisher_back) {
+            match expect(events, "Connected and PublisherReconnected", |e| {
+                matches!(e, MqttEvent::Connected | MqttEvent::PublisherReconnected)
+            })
+            .await
+            {
+                MqttEvent::Connected => connected_again = true,
+                _ => publisher_back = true,
+            }
+        }
+    }
 
     // The subscription was restored: messages published after the restart
     // arrive. Publish until one does (the device may reconnect before the
@@ -548,4 +562,49 @@ async fn external_session_reconnects_and_resubscribes_after_mosquitto_restart() 
     let p = late.publish_on(desired).await;
     assert_eq!(&p.payload[..], b"while-down");
     assert!(p.retain);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_session_sheds_telemetry_when_behind_but_never_an_ack() {
+    let mosquitto = Mosquitto::start();
+    let telemetry = "vpp/v1/4e/site-1/der-1/telemetry";
+    let ack = "vpp/v1/4e/site-1/der-1/ack";
+    let ((runtime_out, mut runtime), (device, _device_events)) =
+        runtime_and_device(&mosquitto, &[telemetry, ack]).await;
+
+    // The runtime's consumer reads nothing meanwhile: more telemetry than its
+    // event channel holds, then one ack.
+    let n = vpp_runtime::mqtt::EVENT_CHANNEL_CAPACITY + 5_000;
+    for i in 0..n {
+        publish(&device, telemetry, &i.to_le_bytes(), Qos::AtMostOnce, false);
+    }
+    publish(&device, ack, b"accepted", Qos::AtLeastOnce, false);
+    until("every publish sent", || device.stats().sent == n as u64 + 1).await;
+    until("telemetry shed", || runtime_out.stats().shed > 0).await;
+    assert!(vpp_runtime::mqtt::shed_total() >= runtime_out.stats().shed);
+
+    // The ack still arrives, behind whatever telemetry fitted, and the
+    // connection never dropped.
+    let mut telemetry_seen = 0usize;
+    let got = tokio::time::timeout(WAIT, async {
+        while let Some(ev) = runtime.recv().await {
+            match ev {
+                MqttEvent::Message { topic, payload } if topic == ack => return Some(payload),
+                MqttEvent::Message { .. } => telemetry_seen += 1,
+                MqttEvent::Disconnected(why) => panic!("the session dropped: {why}"),
+                MqttEvent::Connected | MqttEvent::PublisherReconnected => {}
+            }
+        }
+        None
+    })
+    .await
+    .expect("the ack arrives within the wait")
+    .expect("the session keeps running");
+    assert_eq!(&got[..], b"accepted");
+    let shed = runtime_out.stats().shed as usize;
+    assert!(
+        telemetry_seen + shed <= n,
+        "{telemetry_seen} seen + {shed} shed > {n} sent"
+    );
+    assert!(telemetry_seen >= vpp_runtime::mqtt::EVENT_CHANNEL_CAPACITY - 1);
 }

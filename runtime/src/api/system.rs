@@ -137,6 +137,11 @@ pub(crate) async fn metrics(State(node): State<AppState>) -> impl IntoResponse {
             ing.desired_out.load(Ordering::Relaxed),
         ),
         (
+            "vpp_mqtt_shed_total",
+            "telemetry messages dropped on arrival because ingest was a whole channel behind",
+            crate::mqtt::shed_total(),
+        ),
+        (
             "vpp_mqtt_connects_total",
             "connections (and reconnections) to the broker",
             ing.connects.load(Ordering::Relaxed),

@@ -34,6 +34,16 @@ pub(super) struct Counters {
     sent: AtomicU64,
     rejected: AtomicU64,
     dropped: AtomicU64,
+    shed: AtomicU64,
+}
+
+/// QoS 0 messages shed by every session of this process (for `/metrics`).
+static SHED_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// QoS 0 messages (telemetry) every session of this process has shed
+/// because its consumer was a whole event channel behind.
+pub fn shed_total() -> u64 {
+    SHED_TOTAL.load(Ordering::Relaxed)
 }
 
 impl Counters {
@@ -43,6 +53,11 @@ impl Counters {
 
     pub(super) fn dropped(&self, n: u64) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(super) fn shed(&self, n: u64) {
+        self.shed.fetch_add(n, Ordering::Relaxed);
+        SHED_TOTAL.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -60,6 +75,9 @@ pub struct PublisherStats {
     pub failed: u64,
     /// Queued and not yet sent.
     pub pending: u64,
+    /// Received QoS 0 messages (telemetry) dropped on arrival because the
+    /// consumer was a whole event channel behind (external broker only).
+    pub shed: u64,
 }
 
 /// Publishes through a session. Cheap to clone; every clone feeds the same
@@ -127,6 +145,7 @@ impl MqttPublisher {
             sent,
             failed: c.rejected.load(Ordering::Relaxed) + dropped,
             pending: queued.saturating_sub(sent + dropped),
+            shed: c.shed.load(Ordering::Relaxed),
         }
     }
 }
