@@ -48,6 +48,14 @@ impl NodeApi {
             .ok_or_else(|| anyhow!("GET /api/v1/nodes/{node}: no capacity.envelope.total.online"))
     }
 
+    /// Device messages the node has accepted so far
+    /// (`vpp_mqtt_accepted_total` in `GET /metrics`).
+    pub fn accepted(&self) -> Result<u64> {
+        let text = self.client.get_text("/metrics")?;
+        metric(&text, "vpp_mqtt_accepted_total")
+            .ok_or_else(|| anyhow!("GET /metrics: no vpp_mqtt_accepted_total"))
+    }
+
     /// The sequence number of a DER's last state (`GET /api/v1/nodes/{id}`:
     /// `capacity.state.seq`); 0 until telemetry arrived.
     pub fn der_seq(&self, der: &str) -> Result<u64> {
@@ -55,5 +63,23 @@ impl NodeApi {
         v["capacity"]["state"]["seq"]
             .as_u64()
             .ok_or_else(|| anyhow!("GET /api/v1/nodes/{der}: no capacity.state.seq (not a DER?)"))
+    }
+}
+
+/// The value of an unlabelled counter in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_an_unlabelled_counter_and_nothing_else() {
+        let text = "# HELP vpp_mqtt_accepted_total x\n# TYPE vpp_mqtt_accepted_total counter\n\
+                    vpp_mqtt_accepted_total_other 5\nvpp_mqtt_accepted_total 42\n";
+        assert_eq!(super::metric(text, "vpp_mqtt_accepted_total"), Some(42));
+        assert_eq!(super::metric(text, "vpp_mqtt_missing"), None);
     }
 }
