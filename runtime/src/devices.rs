@@ -237,8 +237,11 @@ pub fn spawn_pump(
     node: Arc<crate::node::Node>,
     events: tokio::sync::mpsc::Receiver<crate::mqtt::MqttEvent>,
 ) -> tokio::task::JoinHandle<()> {
-    static RT: crate::mqtt::OwnRuntime = crate::mqtt::OwnRuntime::new();
-    crate::mqtt::own_runtime(&RT, "vpp-ingest").spawn(pump(node, events))
+    static RT: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
+    RT.get_or_init(|| crate::mqtt::dedicated_runtime("vpp-ingest"))
+        .clone()
+        .unwrap_or_else(tokio::runtime::Handle::current)
+        .spawn(pump(node, events))
 }
 
 /// Every DER with a document publishes it again, or (`unapplied_only`)

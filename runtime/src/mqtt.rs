@@ -81,17 +81,8 @@ pub use url::{BrokerUrl, DEFAULT_PORT};
 /// its turn there leaves the socket unread for seconds, and the keep-alive
 /// fails ("Last pingreq isn't acked": seen at 1M devices through Mosquitto).
 pub(crate) fn io_runtime() -> tokio::runtime::Handle {
-    static RT: OwnRuntime = OwnRuntime::new();
-    own_runtime(&RT, "vpp-mqtt-io")
-}
-
-/// Where a process-wide runtime of its own is kept once started.
-pub(crate) type OwnRuntime = std::sync::OnceLock<Option<tokio::runtime::Handle>>;
-
-/// The runtime kept in `cell`, started on first use as a thread named
-/// `name` ([`dedicated_runtime`]); the current runtime if that failed.
-pub(crate) fn own_runtime(cell: &OwnRuntime, name: &str) -> tokio::runtime::Handle {
-    cell.get_or_init(|| dedicated_runtime(name))
+    static RT: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
+    RT.get_or_init(|| dedicated_runtime("vpp-mqtt-io"))
         .clone()
         .unwrap_or_else(tokio::runtime::Handle::current)
 }
@@ -99,7 +90,7 @@ pub(crate) fn own_runtime(cell: &OwnRuntime, name: &str) -> tokio::runtime::Hand
 /// A single-threaded tokio runtime driven by a new thread named `name`;
 /// `None` (and a warning) if the OS refuses either, so callers fall back to
 /// the current runtime.
-fn dedicated_runtime(name: &str) -> Option<tokio::runtime::Handle> {
+pub fn dedicated_runtime(name: &str) -> Option<tokio::runtime::Handle> {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
