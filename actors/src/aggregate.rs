@@ -1069,8 +1069,14 @@ impl Aggregate {
             let i = idx as usize;
             match input {
                 DeviceInput::Telemetry(state) => {
+                    let ts = state.updated_ms.min(now);
                     if self.der_state(myself, i, state, Some(now)).is_err() {
                         Metrics::inc(&self.ctx.metrics.telemetry_replayed);
+                    } else if ts > self.sum.telemetry_ms {
+                        // Rides along with the next report; on its own it
+                        // is no reason to report (it would make every
+                        // telemetry message one).
+                        self.sum.telemetry_ms = ts;
                     }
                 }
                 DeviceInput::Ack(ack) => {

@@ -148,6 +148,12 @@ pub struct FlexEnvelope {
     /// Response to active orders.
     #[serde(default)]
     pub response: Response,
+    /// Timestamp (Unix ms, device clock, never ahead of the node's) of the
+    /// newest telemetry this envelope reflects; 0 before any. A maximum,
+    /// not a sum: [`FlexEnvelope::add`] keeps the larger, `sub` leaves it.
+    /// At the root, now minus this is the roll-up's staleness.
+    #[serde(default)]
+    pub telemetry_ms: u64,
 }
 
 impl FlexEnvelope {
@@ -168,10 +174,12 @@ impl FlexEnvelope {
             }
         }
         self.response.add(&other.response);
+        self.telemetry_ms = self.telemetry_ms.max(other.telemetry_ms);
     }
 
     /// Removes `other` from `self` (a child's previous report). Kinds with
-    /// no devices are skipped, as in [`FlexEnvelope::add`].
+    /// no devices are skipped, as in [`FlexEnvelope::add`]. `telemetry_ms`
+    /// stays: telemetry once reflected does not get older.
     pub fn sub(&mut self, other: &FlexEnvelope) {
         for (a, b) in self.by_kind.iter_mut().zip(other.by_kind.iter()) {
             if b.total != 0 {

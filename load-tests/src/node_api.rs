@@ -48,12 +48,25 @@ impl NodeApi {
             .ok_or_else(|| anyhow!("GET /api/v1/nodes/{node}: no capacity.envelope.total.online"))
     }
 
-    /// Device messages the node has accepted so far
-    /// (`vpp_mqtt_accepted_total` in `GET /metrics`).
-    pub fn accepted(&self) -> Result<u64> {
+    /// Device messages the node has accepted so far, and the site batches
+    /// that carried some of them (`vpp_mqtt_accepted_total` and
+    /// `vpp_mqtt_site_batches_total` in `GET /metrics`).
+    pub fn accepted(&self) -> Result<(u64, u64)> {
         let text = self.client.get_text("/metrics")?;
-        metric(&text, "vpp_mqtt_accepted_total")
-            .ok_or_else(|| anyhow!("GET /metrics: no vpp_mqtt_accepted_total"))
+        let accepted = metric(&text, "vpp_mqtt_accepted_total")
+            .ok_or_else(|| anyhow!("GET /metrics: no vpp_mqtt_accepted_total"))?;
+        Ok((
+            accepted,
+            metric(&text, "vpp_mqtt_site_batches_total").unwrap_or(0),
+        ))
+    }
+
+    /// How far `node`'s roll-up lags the devices, ms: the age of the newest
+    /// telemetry its envelope reflects (`GET /api/v1/nodes/{id}/capacity`:
+    /// `staleness_ms`); `None` before any telemetry.
+    pub fn staleness_ms(&self, node: &str) -> Result<Option<u64>> {
+        let v = self.get(&format!("/api/v1/nodes/{node}/capacity?children=0"))?;
+        Ok(v["staleness_ms"].as_u64())
     }
 
     /// The sequence number of a DER's last state (`GET /api/v1/nodes/{id}`:

@@ -11,6 +11,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::batch::{SiteBatch, MAX_BATCH_ITEMS, MAX_BATCH_PAYLOAD};
 use crate::reject::Reject;
 use crate::VERSION;
 
@@ -34,7 +35,24 @@ struct VersionOnly {
 
 /// Decodes a payload of either encoding, checking size and version.
 pub fn decode<T: DeserializeOwned + Versioned>(payload: &[u8]) -> Result<T, Reject> {
-    if payload.len() > MAX_PAYLOAD {
+    decode_within(payload, MAX_PAYLOAD)
+}
+
+/// Decodes a [`SiteBatch`]: as [`decode`], with the batch's larger size
+/// limit ([`MAX_BATCH_PAYLOAD`]) and at most [`MAX_BATCH_ITEMS`] items.
+pub fn decode_batch<T: DeserializeOwned>(payload: &[u8]) -> Result<SiteBatch<T>, Reject> {
+    let b: SiteBatch<T> = decode_within(payload, MAX_BATCH_PAYLOAD)?;
+    if b.items.len() > MAX_BATCH_ITEMS {
+        return Err(Reject::Oversized);
+    }
+    Ok(b)
+}
+
+fn decode_within<T: DeserializeOwned + Versioned>(
+    payload: &[u8],
+    limit: usize,
+) -> Result<T, Reject> {
+    if payload.len() > limit {
         return Err(Reject::Oversized);
     }
     if payload.first() == Some(&BINARY_MARKER) {

@@ -11,7 +11,12 @@
 //!   vpp/v1/{shard}/{site}/{der}/reported    device → runtime  QoS 1, retained
 //!   vpp/v1/{shard}/{site}/{der}/ack         device → runtime  QoS 1
 //!   vpp/v1/{shard}/{site}/{der}/desired     runtime → device  QoS 1, retained
+//!   vpp/v1/{shard}/{site}/telemetry         device → runtime  QoS 0, site batch
+//!   vpp/v1/{shard}/{site}/ack               device → runtime  QoS 1, site batch
 //! ```
+//!
+//! A site batch ([`batch`]) carries the telemetry or the acks of several of
+//! the site's DERs in one message.
 //!
 //! `shard` is two lowercase hex digits, [`shard_of`] the site id: a fixed
 //! function, so a cluster node can subscribe to exactly the shards it owns.
@@ -28,6 +33,7 @@
 #![deny(missing_docs, unreachable_pub, unsafe_code)]
 
 pub mod ack;
+pub mod batch;
 pub mod codec;
 pub mod desired;
 pub mod reject;
@@ -37,7 +43,8 @@ pub mod telemetry;
 pub mod topic;
 
 pub use ack::{Ack, AckStatus};
-pub use codec::{decode, encode_binary, encode_json, MAX_PAYLOAD};
+pub use batch::{BatchItem, SiteBatch, MAX_BATCH_ITEMS, MAX_BATCH_PAYLOAD};
+pub use codec::{decode, decode_batch, encode_binary, encode_json, MAX_PAYLOAD};
 pub use desired::{Desired, DesiredSetpoint};
 pub use reject::Reject;
 pub use reported::Reported;

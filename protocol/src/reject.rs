@@ -10,8 +10,14 @@ pub enum Reject {
     /// The shard segment is not the site's shard.
     #[error("shard segment does not match the site id")]
     WrongShard,
-    /// The payload is larger than [`crate::MAX_PAYLOAD`].
-    #[error("payload larger than {} bytes", crate::MAX_PAYLOAD)]
+    /// The payload is larger than [`crate::MAX_PAYLOAD`] (a site batch:
+    /// [`crate::MAX_BATCH_PAYLOAD`] or [`crate::MAX_BATCH_ITEMS`] items).
+    #[error(
+        "payload too large (over {} bytes; a site batch over {} bytes or {} items)",
+        crate::MAX_PAYLOAD,
+        crate::MAX_BATCH_PAYLOAD,
+        crate::MAX_BATCH_ITEMS
+    )]
     Oversized,
     /// The payload does not decode as the channel's message.
     #[error("payload does not decode")]

@@ -64,9 +64,24 @@ impl Channel {
         Channel::Reported,
         Channel::Ack,
     ];
+
+    /// The channels with a site-level topic (`…/{site}/{channel}`): the
+    /// gateway's status and the site batches ([`crate::batch`]).
+    pub const SITE_LEVEL: [Channel; 3] = [Channel::Status, Channel::Telemetry, Channel::Ack];
+
+    /// Whether the channel has a site-level topic.
+    pub fn site_level(self) -> bool {
+        Channel::SITE_LEVEL.contains(&self)
+    }
+
+    /// Whether the channel has a per-DER topic (all but status).
+    pub fn der_level(self) -> bool {
+        self != Channel::Status
+    }
 }
 
-/// A parsed topic. `der` is `None` only for [`Channel::Status`].
+/// A parsed topic. `der` is `None` for a site-level topic: [`Channel::Status`]
+/// or a site batch of [`Channel::Telemetry`] or [`Channel::Ack`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Topic<'a> {
     /// The shard segment.
@@ -99,7 +114,11 @@ impl<'a> Topic<'a> {
             None => (None, Channel::parse(third).ok_or(Reject::Topic)?),
             Some(ch) => (Some(third), Channel::parse(ch).ok_or(Reject::Topic)?),
         };
-        if (channel == Channel::Status) != der.is_none() {
+        let level_ok = match der {
+            None => channel.site_level(),
+            Some(_) => channel.der_level(),
+        };
+        if !level_ok {
             return Err(Reject::Topic);
         }
         if !valid_id(site) || !der.is_none_or(valid_id) {
@@ -146,29 +165,39 @@ pub fn der_topic(site: &str, der: &str, channel: Channel) -> String {
 
 /// The status topic of a site's gateway.
 pub fn status_topic(site: &str) -> String {
-    format!("{PREFIX}/{:02x}/{site}/status", shard_of(site))
+    site_topic(site, Channel::Status)
+}
+
+/// The site-level topic of `channel` (status, or a site batch).
+pub fn site_topic(site: &str, channel: Channel) -> String {
+    format!(
+        "{PREFIX}/{:02x}/{site}/{}",
+        shard_of(site),
+        channel.as_str()
+    )
 }
 
 /// Filters for every device channel of every shard (a single-node runtime).
 pub fn runtime_filters() -> Vec<String> {
-    Channel::FROM_DEVICES
-        .iter()
-        .map(|c| match c {
-            Channel::Status => format!("{PREFIX}/+/+/status"),
-            c => format!("{PREFIX}/+/+/+/{}", c.as_str()),
-        })
-        .collect()
+    filters("+")
 }
 
 /// Filters for the device channels of one shard (a cluster node that owns it).
 pub fn shard_filters(shard: u8) -> Vec<String> {
-    Channel::FROM_DEVICES
+    filters(&format!("{shard:02x}"))
+}
+
+/// The site-level then the per-DER filters of the channels devices publish
+/// on, for shard segment `shard` (`+` for all).
+fn filters(shard: &str) -> Vec<String> {
+    let site = Channel::SITE_LEVEL
         .iter()
-        .map(|c| match c {
-            Channel::Status => format!("{PREFIX}/{shard:02x}/+/status"),
-            c => format!("{PREFIX}/{shard:02x}/+/+/{}", c.as_str()),
-        })
-        .collect()
+        .map(|c| format!("{PREFIX}/{shard}/+/{}", c.as_str()));
+    let der = Channel::FROM_DEVICES
+        .iter()
+        .filter(|c| c.der_level())
+        .map(|c| format!("{PREFIX}/{shard}/+/+/{}", c.as_str()));
+    site.chain(der).collect()
 }
 
 /// The filter a gateway uses for the desired documents of all its DERs.
@@ -224,7 +253,8 @@ mod tests {
             "vpp/v1/00/s/d/nope",
             "vpp/v1/00/s/d/ack/extra",
             "vpp/v1/00/s/d/status",
-            "vpp/v1/00/s/telemetry",
+            "vpp/v1/00/s/reported",
+            "vpp/v1/00/s/desired",
             "vpp/v1/00/s p/d/ack",
             "vpp/v1/00//d/ack",
         ] {
@@ -233,8 +263,31 @@ mod tests {
     }
 
     #[test]
+    fn site_batch_topics() {
+        let t = site_topic("site-1", Channel::Telemetry);
+        let p = Topic::parse(&t).unwrap();
+        assert_eq!(
+            (p.site, p.der, p.channel),
+            ("site-1", None, Channel::Telemetry)
+        );
+        let a = site_topic("site-1", Channel::Ack);
+        assert_eq!(Topic::parse(&a).unwrap().channel, Channel::Ack);
+    }
+
+    #[test]
     fn filters_match_topics() {
-        assert_eq!(runtime_filters()[1], "vpp/v1/+/+/+/telemetry");
+        assert_eq!(
+            runtime_filters(),
+            [
+                "vpp/v1/+/+/status",
+                "vpp/v1/+/+/telemetry",
+                "vpp/v1/+/+/ack",
+                "vpp/v1/+/+/+/telemetry",
+                "vpp/v1/+/+/+/reported",
+                "vpp/v1/+/+/+/ack",
+            ]
+        );
         assert_eq!(shard_filters(10)[0], "vpp/v1/0a/+/status");
+        assert_eq!(shard_filters(10)[4], "vpp/v1/0a/+/+/reported");
     }
 }

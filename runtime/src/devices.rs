@@ -4,6 +4,7 @@
 //! ```text
 //!   DER actor ──desired──► DesiredOut ──JSON, QoS 1, retained──► broker ──► device
 //!   device ──telemetry/ack/reported/status──► broker ──► Ingest::route
+//!        (a site batch carries several DERs' telemetry or acks: one item each)
 //!        ──(decode, check, address)──► Fleet::send_device_inputs (one message per site)
 //!        └─ rejected: counted per reason, logged at most once per reason per 10 s
 //!        └─ accepted telemetry of metered sites ──► Metering::sample (metering.rs)
@@ -21,8 +22,8 @@ use std::time::{Duration, Instant};
 use vpp_actors::{DerAddr, DeviceInput, DeviceLink, Fleet, Metrics};
 use vpp_domain::NodeId;
 use vpp_protocol::{
-    decode, encode_json, topic::der_topic, Ack, Channel, Desired, Reject, Reported, Status,
-    Telemetry, Topic,
+    decode, decode_batch, encode_json, topic::der_topic, Ack, BatchItem, Channel, Desired, Reject,
+    Reported, Status, Telemetry, Topic,
 };
 
 use crate::metering::Metering;
@@ -64,6 +65,14 @@ impl DeviceLink for DesiredOut {
 pub enum Routed {
     /// For one DER's actor.
     Der(DerAddr, DeviceInput),
+    /// A site batch: the items that passed, each with its DER id, and the
+    /// reason of each item that did not.
+    Batch {
+        /// For the DERs' actors, in the batch's order.
+        items: Vec<(DerAddr, DeviceInput, String)>,
+        /// Why each refused item was refused.
+        rejected: Vec<Reject>,
+    },
     /// A site gateway's status (site number, online).
     Gateway(u32, bool),
     /// For a site another cluster member runs (its shard moved, or this
@@ -74,8 +83,10 @@ pub enum Routed {
 /// Counters of device messages, by outcome.
 #[derive(Debug, Default)]
 pub struct IngestStats {
-    /// Accepted and handed to the fleet.
+    /// Accepted and handed to the fleet (each item of a site batch counts).
     pub accepted: AtomicU64,
+    /// Site batches received (whatever became of their items).
+    pub batches: AtomicU64,
     /// Rejected here, by [`Reject::index`].
     rejected: [AtomicU64; Reject::ALL.len()],
     /// Arrived while no hierarchy was loaded.
@@ -148,24 +159,16 @@ pub fn route(fleet: &Fleet, topic: &str, payload: &[u8]) -> Result<Routed, Rejec
             Ok(Routed::Gateway(site, s.online))
         }
         (Channel::Desired, _) => Err(Reject::ReadOnly),
+        (Channel::Telemetry, None) => route_batch(fleet, t.site, payload, telemetry_input),
+        (Channel::Ack, None) => route_batch(fleet, t.site, payload, ack_input),
         (_, None) => Err(Reject::Topic),
         (channel, Some(der)) => {
             let Some(addr) = fleet.locate_der(t.site, der) else {
                 return elsewhere(fleet, t.site);
             };
             let input = match channel {
-                Channel::Telemetry => {
-                    let m: Telemetry = decode(payload)?;
-                    m.validate()?;
-                    DeviceInput::Telemetry(m.to_state())
-                }
-                Channel::Ack => {
-                    let m: Ack = decode(payload)?;
-                    if m.version == 0 || m.reason.as_ref().is_some_and(|r| r.len() > 1024) {
-                        return Err(Reject::OutOfRange);
-                    }
-                    DeviceInput::Ack(m)
-                }
+                Channel::Telemetry => telemetry_input(decode(payload)?)?,
+                Channel::Ack => ack_input(decode(payload)?)?,
                 Channel::Reported => {
                     let m: Reported = decode(payload)?;
                     DeviceInput::Reported(m.version)
@@ -175,6 +178,47 @@ pub fn route(fleet: &Fleet, topic: &str, payload: &[u8]) -> Result<Routed, Rejec
             Ok(Routed::Der(addr, input))
         }
     }
+}
+
+/// Checks a telemetry message (alone or in a site batch).
+fn telemetry_input(m: Telemetry) -> Result<DeviceInput, Reject> {
+    m.validate()?;
+    Ok(DeviceInput::Telemetry(m.to_state()))
+}
+
+/// Checks an ack (alone or in a site batch).
+fn ack_input(m: Ack) -> Result<DeviceInput, Reject> {
+    if m.version == 0 || m.reason.as_ref().is_some_and(|r| r.len() > 1024) {
+        return Err(Reject::OutOfRange);
+    }
+    Ok(DeviceInput::Ack(m))
+}
+
+/// A site batch of `site`: decoded whole (a batch that does not decode is
+/// one rejection), then checked item by item like single messages.
+fn route_batch<T: serde::de::DeserializeOwned>(
+    fleet: &Fleet,
+    site: &str,
+    payload: &[u8],
+    check: fn(T) -> Result<DeviceInput, Reject>,
+) -> Result<Routed, Reject> {
+    if fleet.locate_site(site).is_none() {
+        return elsewhere(fleet, site);
+    }
+    let batch = decode_batch::<T>(payload)?;
+    let mut items = Vec::with_capacity(batch.items.len());
+    let mut rejected = Vec::new();
+    for BatchItem { der, msg } in batch.items {
+        let Some(addr) = fleet.locate_der(site, &der) else {
+            rejected.push(Reject::UnknownDevice);
+            continue;
+        };
+        match check(msg) {
+            Ok(input) => items.push((addr, input, der)),
+            Err(r) => rejected.push(r),
+        }
+    }
+    Ok(Routed::Batch { items, rejected })
 }
 
 /// A message for `site` that this member does not run: another member's
@@ -211,6 +255,27 @@ pub fn ingest_batch(
                     }
                 }
                 inputs.push((addr, input));
+            }
+            Ok(Routed::Batch { items, rejected }) => {
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                for r in rejected {
+                    stats.reject(r, topic);
+                }
+                stats
+                    .accepted
+                    .fetch_add(items.len() as u64, Ordering::Relaxed);
+                let site = metering
+                    .and_then(|_| Topic::parse(topic).ok())
+                    .map(|t| t.site);
+                for (addr, input, der) in items {
+                    if let (Some(m), Some(site), DeviceInput::Telemetry(state)) =
+                        (metering, site, &input)
+                    {
+                        m.sample(site, &der, state.power_w, now);
+                    }
+                    inputs.push((addr, input));
+                }
+                continue;
             }
             Ok(Routed::Gateway(site, online)) => fleet.gateway_status(site, online),
             Ok(Routed::Elsewhere) => {

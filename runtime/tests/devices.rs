@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use common::{eventually, repo, TestNode};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
-use vpp_protocol::topic::{der_topic, status_topic};
+use vpp_protocol::topic::{der_topic, site_topic, status_topic};
 use vpp_protocol::Channel;
 
 const SITE: &str = "res-ams-01";
@@ -126,6 +126,67 @@ fn a_mosquitto_client_acts_as_a_device() {
     );
     let der = der_view(&node, DER);
     assert_eq!(der["capacity"]["device"]["reported_version"], version);
+}
+
+#[test]
+fn a_gateway_sends_site_batches_and_the_root_knows_how_fresh_it_is() {
+    let node = node_with_small_fleet();
+    let read = |path: &str| node.client().get_text(path).unwrap();
+    let before = read("/metrics");
+    let (t1, t2) = (now_ms() - 5, now_ms());
+    // One message for the site: two good readings, one for a DER of
+    // another site, one out of range.
+    let batch = json!({"v":1,"items":[
+        {"der":"res-ams-01-pv","msg":{"v":1,"seq":7,"ts":t1,"power_w":-2500,"available":true}},
+        {"der":DER,"msg":{"v":1,"seq":8,"ts":t2,"power_w":1200,"soc_pct":40.0,"available":true}},
+        {"der":"com-ams-02-pv","msg":{"v":1,"seq":9,"ts":t2,"power_w":0,"available":true}},
+        {"der":DER,"msg":{"v":1,"seq":0,"ts":t2,"power_w":0,"available":true}}
+    ]});
+    mosquitto_pub(
+        &node,
+        &site_topic(SITE, Channel::Telemetry),
+        &batch.to_string(),
+    );
+    eventually(20, || {
+        let pv = der_view(&node, "res-ams-01-pv");
+        let bat = der_view(&node, DER);
+        (pv["capacity"]["state"]["seq"] == 7 && bat["capacity"]["state"]["seq"] == 8).then_some(())
+    });
+    let bat = der_view(&node, DER);
+    assert_eq!(bat["capacity"]["state"]["power_kw"], 1.2);
+    // The DER of the other site was not touched.
+    let other = der_view(&node, "com-ams-02-pv");
+    assert_ne!(other["capacity"]["state"]["seq"], 9);
+
+    let after = read("/metrics");
+    let delta = |name: &str| metric(&after, name) - metric(&before, name);
+    assert_eq!(delta("vpp_mqtt_site_batches_total"), 1);
+    assert_eq!(delta("vpp_mqtt_accepted_total"), 2);
+    assert_eq!(
+        delta("vpp_mqtt_rejected_total{reason=\"unknown_device\"}"),
+        1
+    );
+    assert_eq!(delta("vpp_mqtt_rejected_total{reason=\"out_of_range\"}"), 1);
+
+    // The newest reading reaches the root: it knows how fresh its roll-up is.
+    let root = eventually(20, || {
+        let v = node.client().get("/api/v1/nodes/vpp/capacity").ok()?;
+        (v["envelope"]["telemetry_ms"] == t2).then_some(v)
+    });
+    let staleness = root["staleness_ms"].as_u64().expect("staleness_ms");
+    assert_eq!(staleness, root["as_of_ms"].as_u64().unwrap() - t2);
+
+    // A batch that does not decode is one rejection, of the whole batch.
+    mosquitto_pub(
+        &node,
+        &site_topic(SITE, Channel::Ack),
+        "{\"v\":1,\"items\":7}",
+    );
+    eventually(20, || {
+        let now = read("/metrics");
+        let d = |name: &str| metric(&now, name) - metric(&after, name);
+        (d("vpp_mqtt_rejected_total{reason=\"malformed\"}") == 1).then_some(())
+    });
 }
 
 /// Publishes `n` messages (QoS 1, each acknowledged by the broker).

@@ -32,6 +32,15 @@ fn node(tune: impl FnOnce(&mut vpp_runtime::config::NodeConfig)) -> TestNode {
 }
 
 fn start_sim(rt: &tokio::runtime::Runtime, broker: &str, prefix: &str) -> SimHandle {
+    start_sim_with(rt, broker, prefix, false)
+}
+
+fn start_sim_with(
+    rt: &tokio::runtime::Runtime,
+    broker: &str,
+    prefix: &str,
+    site_batch: bool,
+) -> SimHandle {
     let mut config = SimConfig {
         broker: broker.to_string(),
         connections: 3,
@@ -39,6 +48,7 @@ fn start_sim(rt: &tokio::runtime::Runtime, broker: &str, prefix: &str) -> SimHan
         speed: 60.0,
         start_hour: Some(12.0),
         client_prefix: prefix.to_string(),
+        site_batch,
         ..SimConfig::default()
     };
     config.faults.refusing_ids = vec![REFUSER.to_string()];
@@ -120,6 +130,29 @@ fn dispatch_reaches_simulated_devices_over_the_embedded_broker() {
     let node = node(|_| {});
     let sim = start_sim(&rt, node.mqtt.as_deref().unwrap(), "e2e-embedded");
     closed_loop(&node);
+    rt.block_on(sim.stop());
+}
+
+#[test]
+fn the_loop_closes_when_gateways_send_site_batches() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node = node(|_| {});
+    let sim = start_sim_with(&rt, node.mqtt.as_deref().unwrap(), "e2e-batch", true);
+    // Telemetry and acks (the refuser's rejection among them) travel as
+    // site batches; desired and reported stay per DER.
+    closed_loop(&node);
+    let st = sim.stats();
+    assert!(st.batches_sent > 0 && st.acks_rejected > 0, "{st:?}");
+    let text = node.client().get_text("/metrics").unwrap();
+    let batches: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("vpp_mqtt_site_batches_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("vpp_mqtt_site_batches_total");
+    assert!(batches > 0, "the node received no site batch");
+    // The root knows how fresh its roll-up is.
+    let root = view(&node, "vpp");
+    assert!(root["staleness_ms"].as_u64().is_some(), "{root}");
     rt.block_on(sim.stop());
 }
 

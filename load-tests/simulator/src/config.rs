@@ -154,6 +154,10 @@ pub struct SimConfig {
     pub connect_per_s: f64,
     /// MQTT keep-alive.
     pub keep_alive: Duration,
+    /// Gateways send site batches (`vpp/v1/{shard}/{site}/telemetry` and
+    /// `…/ack`, one message for several DERs of a site) instead of one
+    /// message per DER. `desired` and `reported` stay per DER.
+    pub site_batch: bool,
 }
 
 impl Default for SimConfig {
@@ -170,6 +174,7 @@ impl Default for SimConfig {
             start_hour: None,
             connect_per_s: 1000.0,
             keep_alive: Duration::from_secs(60),
+            site_batch: false,
         }
     }
 }
@@ -315,6 +320,7 @@ struct ScenarioFile {
     start_hour: Option<f64>,
     connect_per_s: Option<f64>,
     keep_alive_s: Option<u64>,
+    site_batch: Option<bool>,
     fleet: Option<FleetFile>,
     #[serde(default)]
     faults: Faults,
@@ -371,6 +377,7 @@ impl Scenario {
                 .keep_alive_s
                 .map(Duration::from_secs)
                 .unwrap_or(d.keep_alive),
+            site_batch: f.site_batch.unwrap_or(d.site_batch),
         };
         config.validate().map_err(|e| err(e.to_string()))?;
         let fleet = match f.fleet {

@@ -17,6 +17,10 @@
 //! One tokio task owns the devices; it publishes through rumqttc's
 //! `AsyncClient`, whose queue the driver task drains. Telemetry is QoS 0
 //! and skipped while disconnected; acks, `reported` and status are QoS 1.
+//!
+//! With `site_batch`, telemetry and acks wait in an [`Outbox`] until the end
+//! of the turn (one tick, one run of timers, one batch of inbound messages)
+//! and leave as one site batch per site and channel.
 
 use std::cmp::Ordering;
 use std::collections::hash_map::Entry;
@@ -32,8 +36,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use vpp_domain::NodeId;
-use vpp_protocol::topic::{der_topic, status_topic};
-use vpp_protocol::{Ack, AckStatus, Channel, Desired, Status, Topic};
+use vpp_protocol::topic::{der_topic, site_topic, status_topic};
+use vpp_protocol::{
+    Ack, AckStatus, BatchItem, Channel, Desired, SiteBatch, Status, Telemetry, Topic,
+};
 
 use crate::clock::{now_ms, SimClock};
 use crate::config::Encoding;
@@ -51,6 +57,10 @@ const MIN_TICK: Duration = Duration::from_millis(10);
 const MAX_TICK: Duration = Duration::from_secs(1);
 /// Inbound messages handled before the loop looks at its timers again.
 const INBOUND_BATCH: usize = 1024;
+
+/// Most items per site batch: well inside the protocol's limits
+/// (`MAX_BATCH_ITEMS`, and `MAX_BATCH_PAYLOAD` at up to ~300 bytes an item).
+const MAX_ITEMS_PER_BATCH: usize = 40;
 
 /// Longest a connection holds its devices' first messages back, waiting
 /// for every other connection to subscribe (see [`StartGate`]).
@@ -116,6 +126,8 @@ impl StartGate {
 pub(crate) struct Shared {
     pub(crate) clock: SimClock,
     pub(crate) encoding: Encoding,
+    /// Telemetry and acks go out as site batches.
+    pub(crate) site_batch: bool,
     pub(crate) interval: Duration,
     pub(crate) ack_latency_ms: [u64; 2],
     pub(crate) counters: Arc<Counters>,
@@ -185,6 +197,14 @@ impl Ord for Timer {
     }
 }
 
+/// Telemetry and acks held for site batches until the end of the turn, in
+/// the order they were made, with the index of their site.
+#[derive(Debug, Default)]
+struct Outbox {
+    telemetry: Vec<(u32, BatchItem<Telemetry>)>,
+    acks: Vec<(u32, BatchItem<Ack>)>,
+}
+
 /// The devices of one connection.
 pub(crate) struct Gateway {
     pub(crate) name: String,
@@ -207,6 +227,7 @@ pub(crate) struct Gateway {
     timer_seq: u64,
     cursor: usize,
     budget: f64,
+    outbox: Outbox,
 }
 
 impl Gateway {
@@ -250,6 +271,7 @@ impl Gateway {
             timer_seq: 0,
             cursor: 0,
             budget: 0.0,
+            outbox: Outbox::default(),
         }
     }
 
@@ -315,7 +337,9 @@ impl Gateway {
                     self.on_tick().await;
                 }
             }
+            self.flush().await;
         }
+        self.flush().await;
         self.goodbye().await;
     }
 
@@ -332,6 +356,69 @@ impl Gateway {
             Err(_) => {
                 self.shared.counters.publish_errors.fetch_add(1, Relaxed);
                 false
+            }
+        }
+    }
+
+    /// Sends an ack of device `i`: now on its own topic, or into the
+    /// outbox for a site batch.
+    async fn send_ack(&mut self, i: usize, ack: Ack) -> bool {
+        if self.shared.site_batch {
+            let d = &self.devices[i];
+            let item = BatchItem {
+                der: d.id.as_str().to_string(),
+                msg: ack,
+            };
+            self.outbox.acks.push((d.site, item));
+            return true;
+        }
+        let payload = self.encode(&ack);
+        self.publish(
+            self.topic(i, Channel::Ack),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        )
+        .await
+    }
+
+    /// Publishes what the outbox holds: per site and channel, in order,
+    /// site batches of at most [`MAX_ITEMS_PER_BATCH`] items.
+    async fn flush(&mut self) {
+        if !self.outbox.telemetry.is_empty() {
+            let items = std::mem::take(&mut self.outbox.telemetry);
+            self.publish_batches(items, Channel::Telemetry, QoS::AtMostOnce)
+                .await;
+        }
+        if !self.outbox.acks.is_empty() {
+            let items = std::mem::take(&mut self.outbox.acks);
+            self.publish_batches(items, Channel::Ack, QoS::AtLeastOnce)
+                .await;
+        }
+    }
+
+    async fn publish_batches<T: Serialize>(
+        &mut self,
+        mut items: Vec<(u32, BatchItem<T>)>,
+        channel: Channel,
+        qos: QoS,
+    ) {
+        // Stable: a device's items keep their order.
+        items.sort_by_key(|(site, _)| *site);
+        let mut items = items.into_iter().peekable();
+        while let Some((site, first)) = items.next() {
+            let mut batch = SiteBatch::new();
+            batch.items.push(first);
+            while batch.items.len() < MAX_ITEMS_PER_BATCH {
+                match items.next_if(|(s, _)| *s == site) {
+                    Some((_, item)) => batch.items.push(item),
+                    None => break,
+                }
+            }
+            let topic = site_topic(self.sites[site as usize].as_str(), channel);
+            let payload = self.encode(&batch);
+            if self.publish(topic, qos, false, payload).await {
+                self.shared.counters.batches_sent.fetch_add(1, Relaxed);
             }
         }
     }
@@ -484,16 +571,13 @@ impl Gateway {
             Receipt::Accepted { .. } => (AckStatus::Accepted, None),
         };
         let rejected = status == AckStatus::Rejected;
-        let ack = self.encode(&Ack {
+        let ack = Ack {
             v: vpp_protocol::VERSION,
             version: desired.version,
             status,
             reason,
-        });
-        if self
-            .publish(self.topic(i, Channel::Ack), QoS::AtLeastOnce, false, ack)
-            .await
-        {
+        };
+        if self.send_ack(i, ack).await {
             let c = &self.shared.counters;
             if rejected {
                 c.acks_rejected.fetch_add(1, Relaxed);
@@ -586,16 +670,13 @@ impl Gateway {
 
     async fn on_applied(&mut self, i: usize, now: u64) {
         let version = self.devices[i].device.held_version();
-        let ack = self.encode(&Ack {
+        let ack = Ack {
             v: vpp_protocol::VERSION,
             version,
             status: AckStatus::Applied,
             reason: None,
-        });
-        if self
-            .publish(self.topic(i, Channel::Ack), QoS::AtLeastOnce, false, ack)
-            .await
-        {
+        };
+        if self.send_ack(i, ack).await {
             self.shared.counters.acks_applied.fetch_add(1, Relaxed);
             self.shared.probe.applied(self.devices[i].global as usize);
         }
@@ -625,9 +706,20 @@ impl Gateway {
             return;
         }
         let t = self.devices[i].device.telemetry(now);
-        let payload = self.encode(&t);
-        let topic = String::from(&*self.devices[i].telemetry_topic);
-        if self.publish(topic, QoS::AtMostOnce, false, payload).await {
+        let sent = if self.shared.site_batch {
+            let d = &self.devices[i];
+            let item = BatchItem {
+                der: d.id.as_str().to_string(),
+                msg: t,
+            };
+            self.outbox.telemetry.push((d.site, item));
+            true
+        } else {
+            let payload = self.encode(&t);
+            let topic = String::from(&*self.devices[i].telemetry_topic);
+            self.publish(topic, QoS::AtMostOnce, false, payload).await
+        };
+        if sent {
             let c = &self.shared.counters;
             c.telemetry_sent.fetch_add(1, Relaxed);
             let d = &mut self.devices[i];

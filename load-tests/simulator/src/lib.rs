@@ -207,6 +207,7 @@ pub async fn start(config: SimConfig, sites: Vec<SimSite>) -> Result<SimHandle, 
     let shared = Arc::new(Shared {
         clock: SimClock::new(now, config.speed, config.start_hour),
         encoding: config.encoding,
+        site_batch: config.site_batch,
         interval: config.telemetry_interval,
         ack_latency_ms: config.faults.ack_latency_ms,
         counters: counters.clone(),

@@ -111,6 +111,7 @@ pub(crate) struct Counters {
     pub(crate) disconnects: AtomicU64,
     pub(crate) storms: AtomicU64,
     pub(crate) publish_errors: AtomicU64,
+    pub(crate) batches_sent: AtomicU64,
     pub(crate) ack_latency: Histogram,
 }
 
@@ -132,6 +133,7 @@ impl Counters {
             disconnects: AtomicU64::new(0),
             storms: AtomicU64::new(0),
             publish_errors: AtomicU64::new(0),
+            batches_sent: AtomicU64::new(0),
             ack_latency: Histogram::new(),
         }
     }
@@ -161,6 +163,7 @@ impl Counters {
             disconnects: self.disconnects.load(Relaxed),
             storms: self.storms.load(Relaxed),
             publish_errors: self.publish_errors.load(Relaxed),
+            batches_sent: self.batches_sent.load(Relaxed),
             ack_latency: self.ack_latency.summary(),
         }
     }
@@ -179,7 +182,8 @@ pub struct SimStats {
     pub devices_live: usize,
     /// Devices that have published telemetry at least once.
     pub devices_reporting: usize,
-    /// Telemetry messages published.
+    /// Telemetry messages published (with site batches: items, one per
+    /// device reading).
     pub telemetry_sent: u64,
     /// Desired documents received for simulated devices (decoded).
     pub desired_received: u64,
@@ -205,6 +209,9 @@ pub struct SimStats {
     pub storms: u64,
     /// Publishes the MQTT client refused (its event loop gone).
     pub publish_errors: u64,
+    /// Site batches published (MQTT messages carrying several devices'
+    /// telemetry or acks).
+    pub batches_sent: u64,
     /// Receipt of a desired document to its first ack, per document.
     pub ack_latency: LatencySummary,
 }

@@ -80,6 +80,11 @@ struct Args {
     /// Payload encoding.
     #[arg(long, value_enum)]
     encoding: Option<Wire>,
+    /// Gateways send telemetry and acks as site batches (one message per
+    /// site for several DERs; device protocol §3.6) [default: the
+    /// scenario's, else one message per DER].
+    #[arg(long)]
+    site_batch: bool,
     /// Stop after this many seconds [default: run until Ctrl-C].
     #[arg(long)]
     duration_s: Option<u64>,
@@ -118,6 +123,10 @@ struct Args {
     /// Benchmark: longest wait for acks after the POST, s.
     #[arg(long, default_value_t = 600)]
     ack_timeout_s: u64,
+    /// Benchmark: after the acks, keep measuring telemetry ingest and the
+    /// root's staleness for this long, s.
+    #[arg(long, default_value_t = 10)]
+    measure_s: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -233,6 +242,9 @@ fn resolve(args: &Args) -> Result<(SimConfig, FleetSpec, Option<String>)> {
             Wire::Json => Encoding::Json,
             Wire::Binary => Encoding::Binary,
         };
+    }
+    if args.site_batch {
+        config.site_batch = true;
     }
     if let Some(kw) = args.dispatch_kw {
         if !(kw.is_finite() && kw > 0.0) {
@@ -354,10 +366,14 @@ impl Progress {
     fn line(&mut self, start: Instant, s: SimStats) {
         let dt = self.at.elapsed().as_secs_f64().max(1e-3);
         let rate = (s.telemetry_sent - self.last.telemetry_sent) as f64 / dt;
+        let batches = match s.batches_sent - self.last.batches_sent {
+            0 => String::new(),
+            n => format!(" (site batches {:.0}/s)", n as f64 / dt),
+        };
         let cpu = cpu_time();
         let cores = (cpu.saturating_sub(self.cpu)).as_secs_f64() / dt;
         println!(
-            "[{:>5.0}s] connected {}/{}  reporting {}/{}  telemetry {:.0}/s  desired {}  acks accepted {} rejected {} applied {}  reconnects {}  cpu {:.2} cores",
+            "[{:>5.0}s] connected {}/{}  reporting {}/{}  telemetry {:.0}/s{batches}  desired {}  acks accepted {} rejected {} applied {}  reconnects {}  cpu {:.2} cores",
             start.elapsed().as_secs_f64(),
             s.connected,
             s.connections,
@@ -527,6 +543,8 @@ async fn benchmark(args: &Args, sim: &SimHandle, b: Bench<'_>) -> Result<()> {
     let steady = (Instant::now(), sim.stats().telemetry_sent, cpu_time());
     let n = node.clone();
     let accepted_before = api_call(move || n.accepted()).await.ok();
+    // The root's staleness, sampled about once a second from here on.
+    let mut staleness: Vec<u64> = Vec::new();
 
     // 3. Dispatch, timed from just before the POST.
     let id = format!("loadgen-{}", steady_id());
@@ -564,6 +582,7 @@ async fn benchmark(args: &Args, sim: &SimHandle, b: Bench<'_>) -> Result<()> {
         }
         if Instant::now() >= next_poll {
             next_poll = Instant::now() + Duration::from_secs(1);
+            sample_staleness(&node, &root, &mut staleness).await;
             let (n, path) = (node.clone(), format!("/api/v1/dispatches/{id}?depth=0"));
             if let Ok(v) = api_call(move || n.get(&path)).await {
                 if let Some(d) = v["dispatch"]["ders"].as_u64() {
@@ -593,6 +612,12 @@ async fn benchmark(args: &Args, sim: &SimHandle, b: Bench<'_>) -> Result<()> {
         }
     }
     let probe = sim.probe();
+    // 5. Telemetry only, for --measure-s.
+    let measure_end = Instant::now() + Duration::from_secs(args.measure_s);
+    while Instant::now() < measure_end {
+        sample_staleness(&node, &root, &mut staleness).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let end = (Instant::now(), sim.stats().telemetry_sent, cpu_time());
     let n = node.clone();
     let accepted_after = api_call(move || n.accepted()).await.ok();
@@ -646,12 +671,37 @@ async fn benchmark(args: &Args, sim: &SimHandle, b: Bench<'_>) -> Result<()> {
         (end.2 - steady.2).as_secs_f64(),
         (end.2 - steady.2).as_secs_f64() / window
     );
+    if s.batches_sent > 0 {
+        println!(
+            "site batches published: {} in all ({:.1} items each on average)",
+            s.batches_sent,
+            (s.telemetry_sent + s.acks_accepted + s.acks_rejected + s.acks_applied) as f64
+                / s.batches_sent as f64
+        );
+    }
     match (accepted_before, accepted_after) {
-        (Some(a), Some(b)) => println!(
-            "node accepted: {:.0} device msgs/s over the same window (vpp_mqtt_accepted_total; telemetry, acks, reported)",
-            b.saturating_sub(a) as f64 / window
+        (Some((a, ba)), Some((b, bb))) => println!(
+            "node accepted: {:.0} device msgs/s over the same window (vpp_mqtt_accepted_total; telemetry, acks, reported), \
+             of which {:.0} site batches/s carried part",
+            b.saturating_sub(a) as f64 / window,
+            bb.saturating_sub(ba) as f64 / window
         ),
         _ => println!("node accepted: not known (GET /metrics failed)"),
+    }
+    staleness.sort_unstable();
+    if staleness.is_empty() {
+        println!(
+            "root staleness: not known (no staleness_ms from GET /api/v1/nodes/{root}/capacity)"
+        );
+    } else {
+        let q = |p: f64| staleness[((staleness.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "root staleness (age of the newest telemetry {root} reflects, sampled each second): {} samples  p50 {} ms  p99 {} ms  max {} ms",
+            staleness.len(),
+            q(0.5),
+            q(0.99),
+            q(1.0)
+        );
     }
     println!(
         "loadgen: cpu {:.1} s total, rss {} MiB (peak {} MiB); {} reconnects, {} publish errors",
@@ -668,6 +718,14 @@ async fn benchmark(args: &Args, sim: &SimHandle, b: Bench<'_>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Adds one reading of `root`'s staleness, if the node gives one.
+async fn sample_staleness(node: &std::sync::Arc<NodeApi>, root: &str, into: &mut Vec<u64>) {
+    let (n, r) = (node.clone(), root.to_string());
+    if let Ok(Some(ms)) = api_call(move || n.staleness_ms(&r)).await {
+        into.push(ms);
+    }
 }
 
 /// A dispatch id suffix unique across runs: Unix ms.

@@ -118,8 +118,13 @@ pub(crate) async fn metrics(State(node): State<AppState>) -> impl IntoResponse {
     for (name, help, v) in [
         (
             "vpp_mqtt_accepted_total",
-            "device messages accepted",
+            "device messages accepted (each item of a site batch counts as one)",
             ing.accepted.load(Ordering::Relaxed),
+        ),
+        (
+            "vpp_mqtt_site_batches_total",
+            "site batches received (MQTT messages carrying several DERs' telemetry or acks)",
+            ing.batches.load(Ordering::Relaxed),
         ),
         (
             "vpp_mqtt_no_hierarchy_total",

@@ -81,6 +81,8 @@ pub(crate) struct EnvelopeView {
     total: FlexView,
     by_kind: BTreeMap<&'static str, FlexView>,
     response: ResponseView,
+    /// Timestamp of the newest telemetry reflected (null before any).
+    telemetry_ms: Option<u64>,
 }
 
 impl From<&FlexEnvelope> for EnvelopeView {
@@ -93,6 +95,7 @@ impl From<&FlexEnvelope> for EnvelopeView {
                 .map(|k| (k.as_str(), FlexView::from(e.kind(*k))))
                 .collect(),
             response: ResponseView::from(&e.response),
+            telemetry_ms: (e.telemetry_ms > 0).then_some(e.telemetry_ms),
         }
     }
 }
@@ -167,6 +170,9 @@ pub(crate) struct CapacityView {
     fresh: bool,
     as_of_ms: u64,
     envelope: EnvelopeView,
+    /// `as_of_ms` minus the timestamp of the newest telemetry the envelope
+    /// reflects: how far the roll-up lags the devices (null before any).
+    staleness_ms: Option<u64>,
     committed_up_kw: f64,
     committed_down_kw: f64,
     /// Envelope minus commitments: what a new order could get.
@@ -190,12 +196,15 @@ pub(crate) struct CapacityView {
 impl CapacityView {
     pub(crate) fn new(v: &NodeView, fresh: bool, max_children: usize) -> Self {
         let t = v.envelope.total();
+        let as_of_ms = vpp_actors::now_ms();
+        let newest = v.envelope.telemetry_ms;
         CapacityView {
             node: v.id.to_string(),
             kind: v.kind,
             fresh,
-            as_of_ms: vpp_actors::now_ms(),
+            as_of_ms,
             envelope: EnvelopeView::from(&v.envelope),
+            staleness_ms: (newest > 0).then(|| as_of_ms.saturating_sub(newest)),
             committed_up_kw: unit_to_kilo(v.committed_up_w),
             committed_down_kw: unit_to_kilo(v.committed_down_w),
             available_up_kw: unit_to_kilo(t.up_w.saturating_sub(v.committed_up_w)),
