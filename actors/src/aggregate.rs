@@ -52,6 +52,7 @@ use vpp_domain::{
     DerFlex, DerState, Direction, DispatchId, DispatchOrder, FlexEnvelope, NodeAllocation, NodeId,
     NodeKind, NodeSpec, Strategy,
 };
+use vpp_protocol::Desired;
 
 use crate::build::FleetCtx;
 use crate::der::{DerActor, DeviceRefusal};
@@ -460,12 +461,42 @@ impl Aggregate {
     fn publish_desired(&mut self) {
         self.desired_pending = false;
         let now = now_ms();
-        for d in &mut self.ders {
-            if let Some(doc) = d.take_desired(now) {
-                Metrics::inc(&self.ctx.metrics.desired_published);
-                self.ctx.devices.desired(&self.id, &d.spec().id, &doc);
+        let docs = self
+            .ders
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, d)| Some((i, d.take_desired(now)?)))
+            .collect();
+        self.send_documents(docs);
+    }
+
+    /// Sends the new documents `docs` (by DER index): one per DER, or, when
+    /// the link wants site documents, one for the site holding every DER's
+    /// current document, the new ones among them.
+    fn send_documents(&mut self, mut docs: Vec<(usize, Desired)>) {
+        if docs.is_empty() {
+            return;
+        }
+        Metrics::add(&self.ctx.metrics.desired_published, docs.len() as u64);
+        let link = &self.ctx.devices;
+        if !link.site_documents() {
+            for (i, doc) in &docs {
+                link.desired(&self.id, &self.ders[*i].spec().id, doc);
+            }
+            return;
+        }
+        let mut all = Vec::with_capacity(self.ders.len());
+        let mut new = docs.drain(..).peekable();
+        for (i, d) in self.ders.iter().enumerate() {
+            let doc = match new.next_if(|(j, _)| *j == i) {
+                Some((_, doc)) => Some(doc),
+                None => d.current_document(),
+            };
+            if let Some(doc) = doc {
+                all.push((&d.spec().id, doc));
             }
         }
+        link.desired_site(&self.id, &all);
     }
 
     /// Queues one record with every hosted DER's state and setpoints.
@@ -570,12 +601,13 @@ impl Aggregate {
             }
             AggregateMsg::Republish(unapplied_only) => {
                 let now = now_ms();
-                for d in &mut self.ders {
-                    if let Some(doc) = d.republish(now, unapplied_only) {
-                        Metrics::inc(&self.ctx.metrics.desired_published);
-                        self.ctx.devices.desired(&self.id, &d.spec().id, &doc);
-                    }
-                }
+                let docs = self
+                    .ders
+                    .iter_mut()
+                    .enumerate()
+                    .filter_map(|(i, d)| Some((i, d.republish(now, unapplied_only)?)))
+                    .collect();
+                self.send_documents(docs);
             }
             #[cfg(test)]
             AggregateMsg::PanicDer(idx, reply) => {

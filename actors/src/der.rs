@@ -357,6 +357,11 @@ impl DerActor {
         resend.then(|| self.document(self.desired_version))
     }
 
+    /// The document last published, if any (unchanged: same version).
+    pub(crate) fn current_document(&self) -> Option<Desired> {
+        self.published.then(|| self.document(self.desired_version))
+    }
+
     fn document(&self, version: u64) -> Desired {
         Desired {
             v: vpp_protocol::VERSION,

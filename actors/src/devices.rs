@@ -11,6 +11,21 @@ use vpp_protocol::Desired;
 pub trait DeviceLink: Send + Sync + 'static {
     /// Publish the desired document of DER `der` at `site` (retained).
     fn desired(&self, site: &NodeId, der: &NodeId, doc: &Desired);
+
+    /// Whether devices get one site document per site (the current desired
+    /// document of every DER of the site that has one, device protocol
+    /// §3.7) instead of a document per DER.
+    fn site_documents(&self) -> bool {
+        false
+    }
+
+    /// Publish the site document of `site`: every DER's current document
+    /// (retained). Called only when [`DeviceLink::site_documents`] is true.
+    fn desired_site(&self, site: &NodeId, docs: &[(&NodeId, Desired)]) {
+        for (der, doc) in docs {
+            self.desired(site, der, doc);
+        }
+    }
 }
 
 /// Reaches no device (fleets without a broker, tests of pure actor logic).

@@ -51,6 +51,10 @@ impl Metrics {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// `(name, help, value)` for every counter, for exposition.
     pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);

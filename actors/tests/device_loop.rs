@@ -328,3 +328,72 @@ async fn republish_unapplied_asks_again_only_where_no_applied_ack_came() {
     );
     fleet.stop().await;
 }
+
+/// A site document as recorded: site id, then (DER id, document) items.
+type SiteDoc = (String, Vec<(String, Desired)>);
+
+/// Records site documents; per-DER documents are a failure.
+#[derive(Default)]
+struct SiteRecorder {
+    sites: Mutex<Vec<SiteDoc>>,
+    per_der: Mutex<usize>,
+}
+
+impl DeviceLink for SiteRecorder {
+    fn desired(&self, _: &NodeId, _: &NodeId, _: &Desired) {
+        *self.per_der.lock().unwrap() += 1;
+    }
+
+    fn site_documents(&self) -> bool {
+        true
+    }
+
+    fn desired_site(&self, site: &NodeId, docs: &[(&NodeId, Desired)]) {
+        let docs = docs
+            .iter()
+            .map(|(d, doc)| (d.to_string(), doc.clone()))
+            .collect();
+        self.sites.lock().unwrap().push((site.to_string(), docs));
+    }
+}
+
+#[tokio::test]
+async fn site_documents_carry_every_ders_current_document() {
+    let rec = Arc::new(SiteRecorder::default());
+    let fleet = Fleet::start(
+        hierarchy(),
+        FleetConfig {
+            rollup_interval: Duration::from_millis(5),
+            ..FleetConfig::default()
+        },
+        Arc::new(NullJournal),
+        rec.clone(),
+        Arc::new(Metrics::default()),
+    )
+    .await
+    .unwrap();
+    fleet.dispatch(order("o1", "root", 4_000)).await.unwrap();
+    let docs = eventually(5, || async {
+        let s = rec.sites.lock().unwrap().clone();
+        (s.len() == 2).then_some(s)
+    })
+    .await;
+    for (site, items) in &docs {
+        let ders: Vec<&str> = items.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(ders, [format!("{site}b0"), format!("{site}b1")]);
+        assert!(items.iter().all(|(_, d)| d.setpoints.len() == 1));
+    }
+    // s0b0 reports an older version: the site's document goes out again,
+    // with the same versions for both DERs (s0b1's unchanged one included).
+    let s0 = docs.iter().find(|(s, _)| s == "s0").unwrap().1.clone();
+    let addr = fleet.locate_der("s0", "s0b0").unwrap();
+    fleet.send_device_inputs([(addr, DeviceInput::Reported(s0[0].1.version - 1))]);
+    let again = eventually(5, || async {
+        let s = rec.sites.lock().unwrap();
+        s.get(2).cloned()
+    })
+    .await;
+    assert_eq!(again, ("s0".to_string(), s0));
+    assert_eq!(*rec.per_der.lock().unwrap(), 0, "no per-DER document");
+    fleet.stop().await;
+}

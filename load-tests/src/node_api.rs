@@ -61,6 +61,14 @@ impl NodeApi {
         ))
     }
 
+    /// How far the node's ingest runs behind the devices, ms
+    /// (`vpp_mqtt_telemetry_lag_ms` in `GET /metrics`).
+    pub fn ingest_lag_ms(&self) -> Result<u64> {
+        let text = self.client.get_text("/metrics")?;
+        metric(&text, "vpp_mqtt_telemetry_lag_ms")
+            .ok_or_else(|| anyhow!("GET /metrics: no vpp_mqtt_telemetry_lag_ms"))
+    }
+
     /// How far `node`'s roll-up lags the devices, ms: the age of the newest
     /// telemetry its envelope reflects (`GET /api/v1/nodes/{id}/capacity`:
     /// `staleness_ms`); `None` before any telemetry.

@@ -1,8 +1,11 @@
-//! `…/{site}/telemetry` and `…/{site}/ack`: site batches.
+//! `…/{site}/telemetry`, `…/{site}/ack`, `…/{site}/reported`: site batches;
+//! `…/{site}/desired`: site documents.
 //!
-//! A gateway may send the telemetry (or the acks) of several of its site's
-//! DERs in one message instead of one message per DER. Each item is exactly
-//! the per-DER message of that channel, named by its DER id:
+//! A gateway may send the telemetry (or the acks, or the reported documents)
+//! of several of its site's DERs in one message instead of one message per
+//! DER; a runtime set to do so sends each site one document holding every
+//! DER's desired document. Each item is exactly the per-DER message of that
+//! channel, named by its DER id:
 //!
 //! ```json
 //! {"v":1,"items":[{"der":"site-1-bat","msg":{"v":1,"seq":17,"ts":1763700000000,"power_w":-1500,"available":true}},

@@ -13,10 +13,13 @@
 //!   vpp/v1/{shard}/{site}/{der}/desired     runtime → device  QoS 1, retained
 //!   vpp/v1/{shard}/{site}/telemetry         device → runtime  QoS 0, site batch
 //!   vpp/v1/{shard}/{site}/ack               device → runtime  QoS 1, site batch
+//!   vpp/v1/{shard}/{site}/reported          device → runtime  QoS 1, retained, site batch
+//!   vpp/v1/{shard}/{site}/desired           runtime → device  QoS 1, retained, site document
 //! ```
 //!
-//! A site batch ([`batch`]) carries the telemetry or the acks of several of
-//! the site's DERs in one message.
+//! A site batch ([`batch`]) carries the messages of one channel for several
+//! of the site's DERs in one message; a site document is a site batch of
+//! every DER's desired document (when the runtime is set to publish them).
 //!
 //! `shard` is two lowercase hex digits, [`shard_of`] the site id: a fixed
 //! function, so a cluster node can subscribe to exactly the shards it owns.

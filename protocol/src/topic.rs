@@ -65,23 +65,16 @@ impl Channel {
         Channel::Ack,
     ];
 
-    /// The channels with a site-level topic (`…/{site}/{channel}`): the
-    /// gateway's status and the site batches ([`crate::batch`]).
-    pub const SITE_LEVEL: [Channel; 3] = [Channel::Status, Channel::Telemetry, Channel::Ack];
-
-    /// Whether the channel has a site-level topic.
-    pub fn site_level(self) -> bool {
-        Channel::SITE_LEVEL.contains(&self)
-    }
-
-    /// Whether the channel has a per-DER topic (all but status).
+    /// Whether the channel has a per-DER topic (all but status). Every
+    /// channel has a site-level one (`…/{site}/{channel}`): the gateway's
+    /// status, and the site batches of the others ([`crate::batch`]).
     pub fn der_level(self) -> bool {
         self != Channel::Status
     }
 }
 
 /// A parsed topic. `der` is `None` for a site-level topic: [`Channel::Status`]
-/// or a site batch of [`Channel::Telemetry`] or [`Channel::Ack`].
+/// or a site batch ([`crate::batch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Topic<'a> {
     /// The shard segment.
@@ -114,11 +107,7 @@ impl<'a> Topic<'a> {
             None => (None, Channel::parse(third).ok_or(Reject::Topic)?),
             Some(ch) => (Some(third), Channel::parse(ch).ok_or(Reject::Topic)?),
         };
-        let level_ok = match der {
-            None => channel.site_level(),
-            Some(_) => channel.der_level(),
-        };
-        if !level_ok {
+        if der.is_some() && !channel.der_level() {
             return Err(Reject::Topic);
         }
         if !valid_id(site) || !der.is_none_or(valid_id) {
@@ -190,7 +179,7 @@ pub fn shard_filters(shard: u8) -> Vec<String> {
 /// The site-level then the per-DER filters of the channels devices publish
 /// on, for shard segment `shard` (`+` for all).
 fn filters(shard: &str) -> Vec<String> {
-    let site = Channel::SITE_LEVEL
+    let site = Channel::FROM_DEVICES
         .iter()
         .map(|c| format!("{PREFIX}/{shard}/+/{}", c.as_str()));
     let der = Channel::FROM_DEVICES
@@ -209,6 +198,12 @@ pub fn site_desired_filter(site: &str) -> String {
 /// simulator connection that serves every site of the shard).
 pub fn shard_desired_filter(shard: u8) -> String {
     format!("{PREFIX}/{shard:02x}/+/+/desired")
+}
+
+/// The filter for the site documents (site batches of desired documents)
+/// of a whole shard, for gateways that speak site batches.
+pub fn shard_site_desired_filter(shard: u8) -> String {
+    format!("{PREFIX}/{shard:02x}/+/desired")
 }
 
 #[cfg(test)]
@@ -253,8 +248,6 @@ mod tests {
             "vpp/v1/00/s/d/nope",
             "vpp/v1/00/s/d/ack/extra",
             "vpp/v1/00/s/d/status",
-            "vpp/v1/00/s/reported",
-            "vpp/v1/00/s/desired",
             "vpp/v1/00/s p/d/ack",
             "vpp/v1/00//d/ack",
         ] {
@@ -270,8 +263,10 @@ mod tests {
             (p.site, p.der, p.channel),
             ("site-1", None, Channel::Telemetry)
         );
-        let a = site_topic("site-1", Channel::Ack);
-        assert_eq!(Topic::parse(&a).unwrap().channel, Channel::Ack);
+        for ch in [Channel::Ack, Channel::Reported, Channel::Desired] {
+            let t = site_topic("site-1", ch);
+            assert_eq!(Topic::parse(&t).unwrap().channel, ch);
+        }
     }
 
     #[test]
@@ -281,6 +276,7 @@ mod tests {
             [
                 "vpp/v1/+/+/status",
                 "vpp/v1/+/+/telemetry",
+                "vpp/v1/+/+/reported",
                 "vpp/v1/+/+/ack",
                 "vpp/v1/+/+/+/telemetry",
                 "vpp/v1/+/+/+/reported",
@@ -288,6 +284,6 @@ mod tests {
             ]
         );
         assert_eq!(shard_filters(10)[0], "vpp/v1/0a/+/status");
-        assert_eq!(shard_filters(10)[4], "vpp/v1/0a/+/+/reported");
+        assert_eq!(shard_filters(10)[5], "vpp/v1/0a/+/+/reported");
     }
 }

@@ -153,6 +153,10 @@ pub struct MqttConfig {
     /// A DER whose device has sent no telemetry for this long goes offline
     /// and leaves the envelope, s.
     pub offline_after_s: u64,
+    /// Publish one site document per site (`vpp/v1/{shard}/{site}/desired`,
+    /// every DER's desired document in one retained message, device
+    /// protocol §3.7) instead of a document per DER.
+    pub site_documents: bool,
 }
 
 /// Which broker the node uses: its own or another one.
@@ -355,6 +359,7 @@ impl Default for MqttConfig {
             broker_config: PathBuf::new(),
             client_id: "vpp-runtime".to_string(),
             offline_after_s: 60,
+            site_documents: false,
         }
     }
 }

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use vpp_actors::{DerAddr, DeviceInput, DeviceLink, Fleet, Metrics};
 use vpp_domain::NodeId;
+use vpp_protocol::topic::{der_topic, site_topic};
 use vpp_protocol::{
-    decode, decode_batch, encode_json, topic::der_topic, Ack, BatchItem, Channel, Desired, Reject,
-    Reported, Status, Telemetry, Topic,
+    decode, decode_batch, encode_json, Ack, BatchItem, Channel, Desired, Reject, Reported,
+    SiteBatch, Status, Telemetry, Topic, MAX_BATCH_ITEMS, MAX_BATCH_PAYLOAD,
 };
 
 use crate::metering::Metering;
@@ -35,6 +36,7 @@ pub type PublishFn = dyn Fn(String, Vec<u8>) + Send + Sync;
 pub struct DesiredOut {
     publish: Box<PublishFn>,
     stats: Arc<IngestStats>,
+    site_documents: bool,
 }
 
 impl DesiredOut {
@@ -46,7 +48,15 @@ impl DesiredOut {
         Self {
             publish: Box::new(publish),
             stats,
+            site_documents: false,
         }
+    }
+
+    /// One site document per site instead of a document per DER
+    /// (`mqtt.site_documents`).
+    pub fn with_site_documents(mut self, on: bool) -> Self {
+        self.site_documents = on;
+        self
     }
 }
 
@@ -57,6 +67,37 @@ impl DeviceLink for DesiredOut {
             der_topic(site.as_str(), der.as_str(), Channel::Desired),
             encode_json(doc),
         );
+    }
+
+    fn site_documents(&self) -> bool {
+        self.site_documents
+    }
+
+    /// One retained message for the site. A site whose document would not
+    /// fit a site batch ([`MAX_BATCH_PAYLOAD`], [`MAX_BATCH_ITEMS`]) gets a
+    /// document per DER instead, and a warning: its gateway must subscribe
+    /// to those too.
+    fn desired_site(&self, site: &NodeId, docs: &[(&NodeId, Desired)]) {
+        let batch = SiteBatch {
+            v: vpp_protocol::VERSION,
+            items: docs
+                .iter()
+                .map(|(der, doc)| BatchItem {
+                    der: der.to_string(),
+                    msg: doc,
+                })
+                .collect(),
+        };
+        let payload = encode_json(&batch);
+        if payload.len() > MAX_BATCH_PAYLOAD || docs.len() > MAX_BATCH_ITEMS {
+            tracing::warn!(%site, bytes = payload.len(), ders = docs.len(), "site document too large for one message; publishing a document per DER");
+            for (der, doc) in docs {
+                self.desired(site, der, doc);
+            }
+            return;
+        }
+        self.stats.desired_out.fetch_add(1, Ordering::Relaxed);
+        (self.publish)(site_topic(site.as_str(), Channel::Desired), payload);
     }
 }
 
@@ -87,6 +128,10 @@ pub struct IngestStats {
     pub accepted: AtomicU64,
     /// Site batches received (whatever became of their items).
     pub batches: AtomicU64,
+    /// How old the newest telemetry of the last ingested batch was when
+    /// ingest took it (node clock minus the device's `ts`), ms: how far
+    /// ingest runs behind the devices.
+    pub telemetry_lag_ms: AtomicU64,
     /// Rejected here, by [`Reject::index`].
     rejected: [AtomicU64; Reject::ALL.len()],
     /// Arrived while no hierarchy was loaded.
@@ -161,7 +206,7 @@ pub fn route(fleet: &Fleet, topic: &str, payload: &[u8]) -> Result<Routed, Rejec
         (Channel::Desired, _) => Err(Reject::ReadOnly),
         (Channel::Telemetry, None) => route_batch(fleet, t.site, payload, telemetry_input),
         (Channel::Ack, None) => route_batch(fleet, t.site, payload, ack_input),
-        (_, None) => Err(Reject::Topic),
+        (Channel::Reported, None) => route_batch(fleet, t.site, payload, reported_input),
         (channel, Some(der)) => {
             let Some(addr) = fleet.locate_der(t.site, der) else {
                 return elsewhere(fleet, t.site);
@@ -169,10 +214,7 @@ pub fn route(fleet: &Fleet, topic: &str, payload: &[u8]) -> Result<Routed, Rejec
             let input = match channel {
                 Channel::Telemetry => telemetry_input(decode(payload)?)?,
                 Channel::Ack => ack_input(decode(payload)?)?,
-                Channel::Reported => {
-                    let m: Reported = decode(payload)?;
-                    DeviceInput::Reported(m.version)
-                }
+                Channel::Reported => reported_input(decode(payload)?)?,
                 Channel::Status | Channel::Desired => return Err(Reject::Topic),
             };
             Ok(Routed::Der(addr, input))
@@ -192,6 +234,11 @@ fn ack_input(m: Ack) -> Result<DeviceInput, Reject> {
         return Err(Reject::OutOfRange);
     }
     Ok(DeviceInput::Ack(m))
+}
+
+/// A reported document (alone or in a site batch).
+fn reported_input(m: Reported) -> Result<DeviceInput, Reject> {
+    Ok(DeviceInput::Reported(m.version))
 }
 
 /// A site batch of `site`: decoded whole (a batch that does not decode is
@@ -288,6 +335,17 @@ pub fn ingest_batch(
             }
         }
         stats.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+    let newest = inputs
+        .iter()
+        .filter_map(|(_, i)| match i {
+            DeviceInput::Telemetry(s) => Some(s.updated_ms),
+            _ => None,
+        })
+        .max();
+    if let Some(ts) = newest {
+        let lag = now.saturating_sub(ts);
+        stats.telemetry_lag_ms.store(lag, Ordering::Relaxed);
     }
     if !inputs.is_empty() {
         fleet.send_device_inputs(inputs);

@@ -878,6 +878,16 @@ impl DeviceLink for Gated {
             self.inner.desired(site, der, doc);
         }
     }
+
+    fn site_documents(&self) -> bool {
+        self.inner.site_documents()
+    }
+
+    fn desired_site(&self, site: &NodeId, docs: &[(&NodeId, vpp_protocol::Desired)]) {
+        if self.open.load(Ordering::Relaxed) {
+            self.inner.desired_site(site, docs);
+        }
+    }
 }
 
 /// Rebuilds the fleet when another member replaced the hierarchy (the

@@ -111,7 +111,8 @@ pub async fn start(config: NodeConfig, opts: &ServeOptions) -> Result<Running> {
             let _ = publisher.publish(topic, payload, Qos::AtLeastOnce, true);
         },
         stats.clone(),
-    );
+    )
+    .with_site_documents(config.mqtt.site_documents);
     let node = Node::open_with(config, Arc::new(out), stats)
         .await
         .with_context(|| format!("opening the node on data dir {}", data_dir.display()))?;

@@ -20,7 +20,13 @@ const SITE: &str = "res-ams-01";
 const DER: &str = "res-ams-01-bat";
 
 fn node_with_small_fleet() -> TestNode {
-    let node = TestNode::start_serving(tempfile::tempdir().unwrap(), |_| {});
+    node_with_small_fleet_tuned(|_| {})
+}
+
+fn node_with_small_fleet_tuned(
+    tune: impl FnOnce(&mut vpp_runtime::config::NodeConfig),
+) -> TestNode {
+    let node = TestNode::start_serving(tempfile::tempdir().unwrap(), tune);
     let text = std::fs::read_to_string(repo().join("examples/small.toml")).unwrap();
     node.client()
         .put_text("/api/v1/hierarchy", text)
@@ -186,6 +192,75 @@ fn a_gateway_sends_site_batches_and_the_root_knows_how_fresh_it_is() {
         let now = read("/metrics");
         let d = |name: &str| metric(&now, name) - metric(&after, name);
         (d("vpp_mqtt_rejected_total{reason=\"malformed\"}") == 1).then_some(())
+    });
+}
+
+#[test]
+fn with_site_documents_a_gateway_gets_and_answers_one_message_per_site() {
+    let node = node_with_small_fleet_tuned(|c| c.mqtt.site_documents = true);
+    let (h, p) = host_port(&node);
+    // The gateway listens for its site's document (retained: no race).
+    let sub = tool("mosquitto_sub")
+        .args([
+            "-h",
+            &h,
+            "-p",
+            &p,
+            "-q",
+            "1",
+            "-t",
+            &site_topic(SITE, Channel::Desired),
+            "-C",
+            "1",
+            "-W",
+            "30",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = json!({"v":1,"items":[{"der":DER,"msg":{"v":1,"seq":1,"ts":now_ms(),"power_w":0,"soc_pct":60.0,"available":true}}]});
+    mosquitto_pub(&node, &site_topic(SITE, Channel::Telemetry), &t.to_string());
+    eventually(20, || {
+        (der_view(&node, DER)["capacity"]["state"]["seq"] == 1).then_some(())
+    });
+    let order =
+        json!({"id":"site-doc-1","target":SITE,"direction":"up","power_kw":2.0,"duration_s":900});
+    node.client()
+        .post_json("/api/v1/dispatches", &order)
+        .expect("dispatch accepted");
+    let out = sub.wait_with_output().unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("site document received");
+    let items = doc["items"].as_array().expect("items");
+    let bat = items
+        .iter()
+        .find(|i| i["der"] == DER)
+        .unwrap_or_else(|| panic!("no document for the battery in {doc}"));
+    let version = bat["msg"]["version"].as_u64().expect("version");
+    assert!(
+        bat["msg"]["setpoints"].to_string().contains("site-doc-1"),
+        "{doc}"
+    );
+    // No per-DER document was published.
+    let text = node.client().get_text("/metrics").unwrap();
+    assert_eq!(metric(&text, "vpp_mqtt_desired_sent_total"), 1, "{text}");
+
+    // The gateway answers for the site: acks in one batch, reported in one.
+    let acks = json!({"v":1,"items":[
+        {"der":DER,"msg":{"v":1,"version":version,"status":"accepted"}},
+        {"der":DER,"msg":{"v":1,"version":version,"status":"applied"}}]});
+    mosquitto_pub(&node, &site_topic(SITE, Channel::Ack), &acks.to_string());
+    let reported =
+        json!({"v":1,"items":[{"der":DER,"msg":{"v":1,"version":version,"target_power_w":-2000}}]});
+    mosquitto_pub(
+        &node,
+        &site_topic(SITE, Channel::Reported),
+        &reported.to_string(),
+    );
+    eventually(20, || {
+        let v = der_view(&node, DER);
+        let r = &node.client().get(&format!("/api/v1/nodes/{SITE}")).ok()?["capacity"]["envelope"]
+            ["response"];
+        (v["capacity"]["device"]["reported_version"] == version && r["applied"] == 1).then_some(())
     });
 }
 

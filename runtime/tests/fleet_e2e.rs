@@ -136,10 +136,11 @@ fn dispatch_reaches_simulated_devices_over_the_embedded_broker() {
 #[test]
 fn the_loop_closes_when_gateways_send_site_batches() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let node = node(|_| {});
+    let node = node(|c| c.mqtt.site_documents = true);
     let sim = start_sim_with(&rt, node.mqtt.as_deref().unwrap(), "e2e-batch", true);
-    // Telemetry and acks (the refuser's rejection among them) travel as
-    // site batches; desired and reported stay per DER.
+    // Every message travels per site: telemetry, acks (the refuser's
+    // rejection among them) and reported as site batches, desired
+    // documents as site documents.
     closed_loop(&node);
     let st = sim.stats();
     assert!(st.batches_sent > 0 && st.acks_rejected > 0, "{st:?}");

@@ -154,9 +154,10 @@ pub struct SimConfig {
     pub connect_per_s: f64,
     /// MQTT keep-alive.
     pub keep_alive: Duration,
-    /// Gateways send site batches (`vpp/v1/{shard}/{site}/telemetry` and
-    /// `…/ack`, one message for several DERs of a site) instead of one
-    /// message per DER. `desired` and `reported` stay per DER.
+    /// Gateways speak per site: telemetry, acks and reported as site
+    /// batches (`vpp/v1/{shard}/{site}/telemetry`, `…/ack`, `…/reported`),
+    /// and they subscribe to site documents (`…/{site}/desired`), so the
+    /// node must publish those (`mqtt.site_documents`).
     pub site_batch: bool,
 }
 

@@ -203,6 +203,8 @@ impl Ord for Timer {
 struct Outbox {
     telemetry: Vec<(u32, BatchItem<Telemetry>)>,
     acks: Vec<(u32, BatchItem<Ack>)>,
+    /// Sites whose `reported` site document is due (every device's).
+    reported: Vec<u32>,
 }
 
 /// The devices of one connection.
@@ -216,6 +218,9 @@ pub(crate) struct Gateway {
     by_id: FxHashMap<u64, u32>,
     /// Devices whose id hash collided with another's (searched by id).
     collided: Vec<u32>,
+    /// Index of each site's first device (devices are grouped by site),
+    /// and the device count at the end.
+    site_first: Vec<u32>,
     pub(crate) filters: Vec<String>,
     /// The one site of a one-site connection (it has a last will).
     pub(crate) lone_site: Option<NodeId>,
@@ -254,6 +259,15 @@ impl Gateway {
                 Entry::Occupied(_) => collided.push(i as u32),
             }
         }
+        let mut site_first = Vec::with_capacity(sites.len() + 1);
+        for (i, d) in devices.iter().enumerate() {
+            while site_first.len() <= d.site as usize {
+                site_first.push(i as u32);
+            }
+        }
+        while site_first.len() <= sites.len() {
+            site_first.push(devices.len() as u32);
+        }
         Self {
             name,
             client,
@@ -262,6 +276,7 @@ impl Gateway {
             devices,
             by_id,
             collided,
+            site_first,
             filters,
             lone_site,
             rng,
@@ -395,6 +410,45 @@ impl Gateway {
             self.publish_batches(items, Channel::Ack, QoS::AtLeastOnce)
                 .await;
         }
+        if !self.outbox.reported.is_empty() {
+            let mut sites = std::mem::take(&mut self.outbox.reported);
+            sites.sort_unstable();
+            sites.dedup();
+            self.publish_site_reported(&sites).await;
+        }
+    }
+
+    /// The retained `reported` site document of each of `sites`: what every
+    /// live device of the site holds.
+    async fn publish_site_reported(&mut self, sites: &[u32]) {
+        let now = now_ms();
+        let clock = self.shared.clock;
+        for &site in sites {
+            let (a, b) = (
+                self.site_first[site as usize] as usize,
+                self.site_first[site as usize + 1] as usize,
+            );
+            let mut batch = SiteBatch::new();
+            for d in &self.devices[a..b] {
+                if !d.device.silent(now) {
+                    batch.items.push(BatchItem {
+                        der: d.id.as_str().to_string(),
+                        msg: d.device.reported(&clock, now),
+                    });
+                }
+            }
+            if batch.items.is_empty() {
+                continue;
+            }
+            let n = batch.items.len() as u64;
+            let topic = site_topic(self.sites[site as usize].as_str(), Channel::Reported);
+            let payload = self.encode(&batch);
+            if self.publish(topic, QoS::AtLeastOnce, true, payload).await {
+                let c = &self.shared.counters;
+                c.batches_sent.fetch_add(1, Relaxed);
+                c.reported_sent.fetch_add(n, Relaxed);
+            }
+        }
     }
 
     async fn publish_batches<T: Serialize>(
@@ -469,18 +523,39 @@ impl Gateway {
 
     async fn on_message(&mut self, topic: &str, payload: &[u8]) {
         let c = &self.shared.counters;
-        let dev = match Topic::parse(topic) {
+        let (site, der) = match Topic::parse(topic) {
             Ok(Topic {
                 channel: Channel::Desired,
                 site,
-                der: Some(der),
+                der,
                 ..
-            }) => self
-                .find(der)
-                .filter(|&i| self.sites[self.devices[i].site as usize].as_str() == site),
-            _ => None,
+            }) => (site, der),
+            _ => {
+                c.desired_unknown.fetch_add(1, Relaxed);
+                return;
+            }
         };
-        let Some(dev) = dev else {
+        let Some(der) = der else {
+            // A site document: every DER's desired document of the site.
+            let batch = match vpp_protocol::decode_batch::<Desired>(payload) {
+                Ok(b) => b,
+                Err(e) => {
+                    c.desired_malformed.fetch_add(1, Relaxed);
+                    tracing::debug!(topic, reason = %e, "undecodable site document");
+                    return;
+                }
+            };
+            for item in batch.items {
+                match self.device_at(site, &item.der) {
+                    Some(dev) => self.on_desired(dev, item.msg).await,
+                    None => {
+                        self.shared.counters.desired_unknown.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            return;
+        };
+        let Some(dev) = self.device_at(site, der) else {
             c.desired_unknown.fetch_add(1, Relaxed);
             return;
         };
@@ -492,7 +567,19 @@ impl Gateway {
                 return;
             }
         };
-        c.desired_received.fetch_add(1, Relaxed);
+        self.on_desired(dev, desired).await;
+    }
+
+    /// Device `der` of site `site`, if this gateway has it.
+    fn device_at(&self, site: &str, der: &str) -> Option<usize> {
+        self.find(der)
+            .filter(|&i| self.sites[self.devices[i].site as usize].as_str() == site)
+    }
+
+    /// A desired document for device `dev`: now, or after the injected
+    /// latency.
+    async fn on_desired(&mut self, dev: usize, desired: Desired) {
+        self.shared.counters.desired_received.fetch_add(1, Relaxed);
         let received = Instant::now();
         let [lo, hi] = self.shared.ack_latency_ms;
         if hi == 0 {
@@ -685,6 +772,10 @@ impl Gateway {
     }
 
     async fn send_reported(&mut self, i: usize, now: u64) {
+        if self.shared.site_batch {
+            self.outbox.reported.push(self.devices[i].site);
+            return;
+        }
         let clock = self.shared.clock;
         let r = self.devices[i].device.reported(&clock, now);
         let payload = self.encode(&r);

@@ -383,13 +383,26 @@ fn prepare(
                 .min(Duration::from_secs_f64(n_plans / config.connect_per_s)),
             rng: SplitMix64::new(rng.next_u64()),
         };
+        // Site batches: the site documents (`…/{site}/desired`) instead of
+        // the DERs' (`…/{site}/+/desired`), for shard and site filters alike.
+        let filters = if config.site_batch {
+            plan.filters
+                .iter()
+                .map(|f| match f.strip_suffix("/+/desired") {
+                    Some(head) => format!("{head}/desired"),
+                    None => f.clone(),
+                })
+                .collect()
+        } else {
+            plan.filters
+        };
         let gateway = Gateway::new(
             name,
             client,
             shared.clone(),
             site_ids,
             devices,
-            plan.filters,
+            filters,
             lone_site,
             rng,
         );

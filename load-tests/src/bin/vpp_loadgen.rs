@@ -80,9 +80,10 @@ struct Args {
     /// Payload encoding.
     #[arg(long, value_enum)]
     encoding: Option<Wire>,
-    /// Gateways send telemetry and acks as site batches (one message per
-    /// site for several DERs; device protocol §3.6) [default: the
-    /// scenario's, else one message per DER].
+    /// Gateways speak per site: telemetry, acks and reported as site
+    /// batches, desired as site documents (device protocol §3.6, §3.7; the
+    /// node needs `mqtt.site_documents = true`) [default: the scenario's,
+    /// else one message per DER].
     #[arg(long)]
     site_batch: bool,
     /// Stop after this many seconds [default: run until Ctrl-C].
@@ -543,8 +544,10 @@ async fn benchmark(args: &Args, sim: &SimHandle, b: Bench<'_>) -> Result<()> {
     let steady = (Instant::now(), sim.stats().telemetry_sent, cpu_time());
     let n = node.clone();
     let accepted_before = api_call(move || n.accepted()).await.ok();
-    // The root's staleness, sampled about once a second from here on.
+    // The root's staleness and the node's ingest lag, sampled about once a
+    // second from here on.
     let mut staleness: Vec<u64> = Vec::new();
+    let mut lag: Vec<u64> = Vec::new();
 
     // 3. Dispatch, timed from just before the POST.
     let id = format!("loadgen-{}", steady_id());
@@ -582,7 +585,7 @@ async fn benchmark(args: &Args, sim: &SimHandle, b: Bench<'_>) -> Result<()> {
         }
         if Instant::now() >= next_poll {
             next_poll = Instant::now() + Duration::from_secs(1);
-            sample_staleness(&node, &root, &mut staleness).await;
+            sample_staleness(&node, &root, &mut staleness, &mut lag).await;
             let (n, path) = (node.clone(), format!("/api/v1/dispatches/{id}?depth=0"));
             if let Ok(v) = api_call(move || n.get(&path)).await {
                 if let Some(d) = v["dispatch"]["ders"].as_u64() {
@@ -615,7 +618,7 @@ async fn benchmark(args: &Args, sim: &SimHandle, b: Bench<'_>) -> Result<()> {
     // 5. Telemetry only, for --measure-s.
     let measure_end = Instant::now() + Duration::from_secs(args.measure_s);
     while Instant::now() < measure_end {
-        sample_staleness(&node, &root, &mut staleness).await;
+        sample_staleness(&node, &root, &mut staleness, &mut lag).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let end = (Instant::now(), sim.stats().telemetry_sent, cpu_time());
@@ -688,16 +691,26 @@ async fn benchmark(args: &Args, sim: &SimHandle, b: Bench<'_>) -> Result<()> {
         ),
         _ => println!("node accepted: not known (GET /metrics failed)"),
     }
-    staleness.sort_unstable();
-    if staleness.is_empty() {
+    for (what, samples) in [
+        (
+            format!("root staleness (age of the newest telemetry {root} reflects)"),
+            &mut staleness,
+        ),
+        (
+            "node ingest lag (age of the newest telemetry ingested, vpp_mqtt_telemetry_lag_ms)"
+                .to_string(),
+            &mut lag,
+        ),
+    ] {
+        samples.sort_unstable();
+        if samples.is_empty() {
+            println!("{what}: not known (the node did not say)");
+            continue;
+        }
+        let q = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
         println!(
-            "root staleness: not known (no staleness_ms from GET /api/v1/nodes/{root}/capacity)"
-        );
-    } else {
-        let q = |p: f64| staleness[((staleness.len() - 1) as f64 * p).round() as usize];
-        println!(
-            "root staleness (age of the newest telemetry {root} reflects, sampled each second): {} samples  p50 {} ms  p99 {} ms  max {} ms",
-            staleness.len(),
+            "{what}, sampled each second: {} samples  p50 {} ms  p99 {} ms  max {} ms",
+            samples.len(),
             q(0.5),
             q(0.99),
             q(1.0)
@@ -720,11 +733,21 @@ async fn benchmark(args: &Args, sim: &SimHandle, b: Bench<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Adds one reading of `root`'s staleness, if the node gives one.
-async fn sample_staleness(node: &std::sync::Arc<NodeApi>, root: &str, into: &mut Vec<u64>) {
+/// Adds one reading of `root`'s staleness and of the node's ingest lag, if
+/// the node gives them.
+async fn sample_staleness(
+    node: &std::sync::Arc<NodeApi>,
+    root: &str,
+    staleness: &mut Vec<u64>,
+    lag: &mut Vec<u64>,
+) {
     let (n, r) = (node.clone(), root.to_string());
     if let Ok(Some(ms)) = api_call(move || n.staleness_ms(&r)).await {
-        into.push(ms);
+        staleness.push(ms);
+    }
+    let n = node.clone();
+    if let Ok(ms) = api_call(move || n.ingest_lag_ms()).await {
+        lag.push(ms);
     }
 }
 

@@ -193,6 +193,11 @@ pub(crate) async fn metrics(State(node): State<AppState>) -> impl IntoResponse {
         "# HELP vpp_metering_sites sites metered now\n# TYPE vpp_metering_sites gauge\nvpp_metering_sites {}",
         m.sites()
     );
+    let _ = writeln!(
+        out,
+        "# HELP vpp_mqtt_telemetry_lag_ms age of the newest telemetry in the last batch ingested (device clock), ms\n# TYPE vpp_mqtt_telemetry_lag_ms gauge\nvpp_mqtt_telemetry_lag_ms {}",
+        ing.telemetry_lag_ms.load(Ordering::Relaxed)
+    );
     let _ = writeln!(out, "# HELP vpp_mqtt_rejected_total device messages rejected, by reason\n# TYPE vpp_mqtt_rejected_total counter");
     for (reason, v) in ing.rejected(node.metrics()) {
         let _ = writeln!(
