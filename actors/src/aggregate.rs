@@ -272,6 +272,11 @@ pub(crate) struct Aggregate {
     /// A hosted DER changed state or setpoints since the site record was
     /// last queued for persistence.
     pub(crate) ders_dirty: bool,
+    /// Hosted DERs' state changed by telemetry only since the last write
+    /// (written by `telemetry_persist_every`, see `FleetConfig`).
+    telemetry_dirty: bool,
+    /// When the hosted DERs were last written (ms).
+    persisted_ms: u64,
     /// A hosted DER's setpoints may have changed: publish desired documents.
     pub(crate) desired_pending: bool,
     /// A sweep for silent devices is scheduled.
@@ -355,6 +360,8 @@ fn start(a: AggregateArgs) -> Aggregate {
         children,
         ders: a.ders,
         ders_dirty: false,
+        telemetry_dirty: false,
+        persisted_ms: now_ms(),
         desired_pending: false,
         sweep_pending: false,
         reported_losses: 0,
@@ -415,6 +422,18 @@ macro_rules! aggregate_actor {
             /// A failed child actor takes its subtree with it; it stays out of
             /// the envelope until the hierarchy is reloaded. (Sites link no
             /// child actors: their DERs are hosted and supervised in place.)
+            /// Writes what telemetry changed and is not written yet.
+            async fn post_stop(
+                &self,
+                _: ActorRef<AggregateMsg>,
+                agg: &mut Aggregate,
+            ) -> Result<(), ActorProcessingErr> {
+                if agg.telemetry_dirty {
+                    agg.persist_ders();
+                }
+                Ok(())
+            }
+
             async fn handle_supervisor_evt(
                 &self,
                 myself: ActorRef<AggregateMsg>,
@@ -448,12 +467,18 @@ impl Aggregate {
             Later::Msg(msg) => Box::pin(self.handle_later(myself, msg)).await,
             Later::Refusals(refusals) => Box::pin(self.refused(myself, refusals)).await,
         }
-        if self.ders_dirty {
+        if self.ders_dirty || self.telemetry_due() {
             self.persist_ders();
         }
         if self.desired_pending {
             self.publish_desired();
         }
+    }
+
+    /// Whether state changed by telemetry alone is due to be written.
+    fn telemetry_due(&self) -> bool {
+        let every = self.ctx.config.telemetry_persist_every.as_millis() as u64;
+        self.telemetry_dirty && now_ms().saturating_sub(self.persisted_ms) >= every
     }
 
     /// Sends every DER whose setpoints changed its new desired document
@@ -500,8 +525,10 @@ impl Aggregate {
     }
 
     /// Queues one record with every hosted DER's state and setpoints.
-    fn persist_ders(&mut self) {
+    pub(crate) fn persist_ders(&mut self) {
         self.ders_dirty = false;
+        self.telemetry_dirty = false;
+        self.persisted_ms = now_ms();
         let records = self.ders.iter().map(DerActor::record).collect();
         self.ctx.journal.site_ders(&self.id, records);
     }
@@ -587,6 +614,9 @@ impl Aggregate {
             }
             AggregateMsg::Sweep => {
                 self.sweep_pending = false;
+                // Devices that went quiet leave no later message to write
+                // their last state with.
+                self.ders_dirty |= self.telemetry_dirty;
                 let cutoff =
                     now_ms().saturating_sub(self.ctx.config.offline_after.as_millis() as u64);
                 self.as_one_report(|this| {
@@ -1027,7 +1057,11 @@ impl Aggregate {
             Ok(r) => r?,
             Err(_) => return Ok(()), // restarted; the failure is counted
         };
-        self.ders_dirty = true;
+        if heard_ms.is_some() {
+            self.telemetry_dirty = true;
+        } else {
+            self.ders_dirty = true;
+        }
         if self.in_batch {
             self.states_uncounted += 1;
         } else {

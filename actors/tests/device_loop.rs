@@ -397,3 +397,49 @@ async fn site_documents_carry_every_ders_current_document() {
     assert_eq!(*rec.per_der.lock().unwrap(), 0, "no per-DER document");
     fleet.stop().await;
 }
+
+/// Counts the site records written.
+#[derive(Default)]
+struct CountingJournal(Mutex<Vec<String>>);
+
+impl vpp_actors::Journal for CountingJournal {
+    fn site_ders(&self, site: &NodeId, _: Vec<vpp_store::DerRecord>) {
+        self.0.lock().unwrap().push(site.to_string());
+    }
+
+    fn allocation(&self, _: &vpp_domain::NodeAllocation) {}
+}
+
+#[tokio::test]
+async fn telemetry_alone_is_written_once_per_window_and_setpoints_at_once() {
+    let journal = Arc::new(CountingJournal::default());
+    let fleet = Fleet::start(
+        hierarchy(),
+        FleetConfig {
+            rollup_interval: Duration::from_millis(5),
+            telemetry_persist_every: Duration::from_secs(3600),
+            ..FleetConfig::default()
+        },
+        journal.clone(),
+        Arc::new(Recorder::default()),
+        Arc::new(Metrics::default()),
+    )
+    .await
+    .unwrap();
+    let writes = || journal.0.lock().unwrap().len();
+    let before = writes();
+    for seq in 1..=20 {
+        telemetry(&fleet, "s0", "s0b0", seq, 100 + seq as i64);
+    }
+    let v = eventually(5, || async {
+        let v = fleet.view(&id("s0b0")).await.ok()?;
+        (v.state.as_ref()?.seq == 20).then_some(v)
+    })
+    .await;
+    assert_eq!(v.state.unwrap().power_w, 120);
+    assert_eq!(writes(), before, "telemetry inside the window is not written");
+    // A setpoint change is written at once, telemetry state with it.
+    fleet.dispatch(order("o1", "root", 4_000)).await.unwrap();
+    eventually(5, || async { (writes() > before).then_some(()) }).await;
+    fleet.stop().await;
+}

@@ -79,6 +79,8 @@ pub struct StoreConfig {
     pub write_behind_nice: i32,
     /// See `config/vpp.toml`.
     pub write_behind_defer_ms: u64,
+    /// See `config/vpp.toml`.
+    pub telemetry_persist_s: u64,
 }
 
 /// `[api]`
@@ -340,6 +342,7 @@ impl Default for StoreConfig {
             flush_every_ms: 500,
             write_behind_ms: 200,
             write_behind_nice: 0,
+            telemetry_persist_s: 30,
             write_behind_defer_ms: 1000,
         }
     }
@@ -495,6 +498,9 @@ impl NodeConfig {
         if !(0..=19).contains(&self.store.write_behind_nice) {
             return bad("store.write_behind_nice", "must be between 0 and 19");
         }
+        if self.store.telemetry_persist_s > 3600 {
+            return bad("store.telemetry_persist_s", "must be between 0 and 3600");
+        }
         if self.store.write_behind_defer_ms > 60_000 {
             return bad("store.write_behind_defer_ms", "must be between 0 and 60000");
         }
@@ -599,6 +605,7 @@ impl NodeConfig {
             dispatch_timeout: Duration::from_secs(self.dispatch.timeout_s),
             max_resplits: self.dispatch.max_resplits,
             offline_after: Duration::from_secs(self.mqtt.offline_after_s),
+            telemetry_persist_every: Duration::from_secs(self.store.telemetry_persist_s),
             ..vpp_actors::FleetConfig::default()
         }
     }
@@ -619,6 +626,8 @@ mod tests {
         assert_eq!(c.store.cache_mb, d.store.cache_mb);
         assert_eq!(c.store.write_behind_nice, d.store.write_behind_nice);
         assert_eq!(c.store.write_behind_defer_ms, d.store.write_behind_defer_ms);
+        assert_eq!(c.store.telemetry_persist_s, d.store.telemetry_persist_s);
+        assert_eq!(c.mqtt.site_documents, d.mqtt.site_documents);
         assert_eq!(c.api.max_body_mb, d.api.max_body_mb);
         assert_eq!(c.mqtt.broker, d.mqtt.broker);
         assert_eq!(c.mqtt.listen, d.mqtt.listen);
@@ -724,6 +733,11 @@ mod tests {
             ("[mqtt]\nclient_id = \"a/b\"\n", "mqtt.client_id"),
             ("[mqtt]\nclient_id = \"\"\n", "mqtt.client_id"),
             ("[mqtt]\noffline_after_s = 0\n", "mqtt.offline_after_s"),
+            ("[mqtt]\nsite_documents = \"yes\"\n", "site_documents"),
+            (
+                "[store]\ntelemetry_persist_s = 3601\n",
+                "store.telemetry_persist_s",
+            ),
             ("[mqtt]\nbrokr = \"embedded\"\n", "brokr"),
         ] {
             let e = NodeConfig::parse("x.toml", text).unwrap_err().to_string();

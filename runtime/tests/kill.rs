@@ -133,6 +133,80 @@ fn sigkill_after_split_keeps_setpoints_and_cancel() {
     assert_eq!(bat["state"]["soc_pct"], 77.5, "{bat}");
 }
 
+/// Telemetry-only state is written at most every `store.telemetry_persist_s`
+/// (here 1 s): with the first message after that window, or at the site's
+/// next check for silent devices (`mqtt.offline_after_s`, here 2 s). Both
+/// survive a SIGKILL once those windows (plus the write-behind's) passed.
+#[test]
+fn sigkill_keeps_telemetry_state_written_within_its_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vpp.toml");
+    std::fs::write(
+        &config,
+        "[store]\ntelemetry_persist_s = 1\n[mqtt]\noffline_after_s = 2\n",
+    )
+    .unwrap();
+    let node = NodeProcess::start_with(dir.path(), &["--config", config.to_str().unwrap()]);
+    let url = node.url.clone();
+    let put = request(
+        "PUT",
+        &format!("{url}/api/v1/hierarchy"),
+        Some(("application/toml", small_toml().into_bytes())),
+    );
+    assert_eq!(put.0, 200);
+    let mqtt = node
+        .mqtt
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the node printed its broker");
+    let (host, port) = mqtt.rsplit_once(':').unwrap();
+    let publish = |der: &str, seq: u64| {
+        let topic =
+            vpp_protocol::topic::der_topic("res-ams-01", der, vpp_protocol::Channel::Telemetry);
+        let t = json!({"v":1,"seq":seq,"ts":seq,"power_w":seq,"available":true});
+        let st = std::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                host,
+                "-p",
+                port,
+                "-q",
+                "1",
+                "-t",
+                &topic,
+                "-m",
+                &t.to_string(),
+            ])
+            .status()
+            .expect("mosquitto_pub runs (apt-get install mosquitto-clients)");
+        assert!(st.success());
+    };
+    // The battery keeps talking: 11 waits, 12 comes after the window.
+    publish("res-ams-01-bat", 10);
+    publish("res-ams-01-bat", 11);
+    // The PV says one thing and falls silent: only the sweep writes it.
+    publish("res-ams-01-pv", 20);
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    publish("res-ams-01-bat", 12);
+    eventually(10, || {
+        let (_, v) = request("GET", &format!("{url}/api/v1/nodes/res-ams-01-bat"), None);
+        (v["capacity"]["state"]["seq"] == 12).then_some(())
+    });
+    // The sweep (2 s after the first reading), then write-behind and fsync
+    // (200 + 500 ms), with room to spare.
+    std::thread::sleep(std::time::Duration::from_millis(3_500));
+    node.kill9();
+
+    let node = NodeProcess::start(dir.path());
+    for (der, seq) in [("res-ams-01-bat", 12), ("res-ams-01-pv", 20)] {
+        let (_, v) = request(
+            "GET",
+            &format!("{}/api/v1/nodes/{der}/capacity", node.url),
+            None,
+        );
+        assert_eq!(v["state"]["seq"], seq, "{der}: {v}");
+    }
+}
+
 /// A JSON request as `token` that must answer `want`.
 fn post_as(token: &str, url: &str, body: serde_json::Value, want: u16) -> serde_json::Value {
     let (s, v) = common::request_as(

@@ -619,6 +619,16 @@ async fn benchmark(args: &Args, sim: &SimHandle, b: Bench<'_>) -> Result<()> {
     let measure_end = Instant::now() + Duration::from_secs(args.measure_s);
     while Instant::now() < measure_end {
         sample_staleness(&node, &root, &mut staleness, &mut lag).await;
+        if Instant::now() >= next_line {
+            let last = |v: &[u64]| v.last().map_or("?".to_string(), |ms| format!("{ms} ms"));
+            println!(
+                "  root staleness {}, node ingest lag {}",
+                last(&staleness),
+                last(&lag)
+            );
+            progress.line(start, sim.stats());
+            next_line += every;
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let end = (Instant::now(), sim.stats().telemetry_sent, cpu_time());

@@ -9,11 +9,18 @@ use std::time::Duration;
 pub struct NodeProcess {
     pub child: Child,
     pub url: String,
+    /// The embedded broker's `host:port`, once the node printed it.
+    pub mqtt: std::sync::mpsc::Receiver<String>,
 }
 
 impl NodeProcess {
     /// Starts `vpp serve` on port 0 over `dir` and waits for its address.
     pub fn start(dir: &Path) -> NodeProcess {
+        Self::start_with(dir, &[])
+    }
+
+    /// As [`NodeProcess::start`], with more `vpp serve` flags (`--config F`).
+    pub fn start_with(dir: &Path, flags: &[&str]) -> NodeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_vpp"))
             .arg("--data-dir")
             .arg(dir)
@@ -24,6 +31,7 @@ impl NodeProcess {
                 "--mqtt-listen",
                 "127.0.0.1:0",
             ])
+            .args(flags)
             .env("VPP_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -31,9 +39,13 @@ impl NodeProcess {
             .expect("vpp starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let (mqtt_tx, mqtt) = std::sync::mpsc::channel();
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(i) = line.find("mqtt://") {
+                    let _ = mqtt_tx.send(line[i + 7..].trim().to_string());
+                }
                 if let Some(i) = line.find("http://") {
                     let url: String = line[i..]
                         .split_whitespace()
@@ -49,7 +61,7 @@ impl NodeProcess {
             .recv_timeout(Duration::from_secs(30))
             .expect("vpp printed its address");
         super::operator_token(dir);
-        NodeProcess { child, url }
+        NodeProcess { child, url, mqtt }
     }
 
     /// SIGKILL: no shutdown code runs.
