@@ -437,7 +437,11 @@ async fn telemetry_alone_is_written_once_per_window_and_setpoints_at_once() {
     })
     .await;
     assert_eq!(v.state.unwrap().power_w, 120);
-    assert_eq!(writes(), before, "telemetry inside the window is not written");
+    assert_eq!(
+        writes(),
+        before,
+        "telemetry inside the window is not written"
+    );
     // A setpoint change is written at once, telemetry state with it.
     fleet.dispatch(order("o1", "root", 4_000)).await.unwrap();
     eventually(5, || async { (writes() > before).then_some(()) }).await;

@@ -465,6 +465,12 @@ impl NodeConfig {
                 message: format!("{v:?} is not a number of milliseconds"),
             })?;
         }
+        if let Some(v) = env.get("VPP_MQTT_SITE_DOCUMENTS") {
+            self.mqtt.site_documents = v.trim().parse().map_err(|_| ConfigError::Invalid {
+                key: "mqtt.site_documents (VPP_MQTT_SITE_DOCUMENTS)",
+                message: format!("{v:?} is neither true nor false"),
+            })?;
+        }
         self.validate()?;
         Ok(self)
     }
@@ -668,6 +674,7 @@ mod tests {
             ),
             ("VPP_CLUSTER_SIZE", "three", "VPP_CLUSTER_SIZE"),
             ("VPP_CLUSTER_DNS_SERVER", "kube-dns", "cluster.dns_server"),
+            ("VPP_MQTT_SITE_DOCUMENTS", "yes", "VPP_MQTT_SITE_DOCUMENTS"),
         ] {
             let env = HashMap::from([(key.to_string(), value.to_string())]);
             let e = NodeConfig::default()
@@ -679,12 +686,14 @@ mod tests {
         let env = HashMap::from([
             ("VPP_CLUSTER_DETECT_MS".to_string(), "10000".to_string()),
             ("VPP_CLUSTER_SUBSCRIBE".to_string(), "all".to_string()),
+            ("VPP_MQTT_SITE_DOCUMENTS".to_string(), "true".to_string()),
         ]);
         let c = NodeConfig::default().with_env(&env).unwrap();
         assert_eq!(
             (c.cluster.detect_ms, c.cluster.subscribe.as_str()),
             (10_000, "all")
         );
+        assert!(c.mqtt.site_documents);
     }
 
     #[test]

@@ -62,6 +62,11 @@ struct Args {
     /// Leave the containers running at the end.
     #[arg(long)]
     keep: bool,
+    /// Devices speak per site: the simulator sends site batches
+    /// (`vpp-loadgen --site-batch`) and the nodes publish site documents
+    /// (`VPP_MQTT_SITE_DOCUMENTS=true`).
+    #[arg(long)]
+    site_batch: bool,
 }
 
 const COOKIE: &str = "bench-cluster-cookie";
@@ -157,8 +162,9 @@ fn main() -> Result<()> {
     let run = format!("bench{}", std::process::id());
     let image = format!("vpp:{run}");
     println!(
-        "bench-cluster: {} devices ({sites} sites), 3 nodes (subscribe = {}, detect_ms = {}) + broker + simulator in containers; {}",
+        "bench-cluster: {} devices ({sites} sites{}), 3 nodes (subscribe = {}, detect_ms = {}) + broker + simulator in containers; {}",
         a.devices,
+        if a.site_batch { ", per site" } else { "" },
         a.subscribe,
         a.detect_ms,
         machine()
@@ -237,6 +243,8 @@ fn main() -> Result<()> {
             "-e",
             &format!("VPP_CLUSTER_SUBSCRIBE={}", a.subscribe),
             "-e",
+            &format!("VPP_MQTT_SITE_DOCUMENTS={}", a.site_batch),
+            "-e",
             "VPP_LOG=info,openraft=off,ractor_cluster=error",
             &image,
             "/vpp",
@@ -305,7 +313,14 @@ fn main() -> Result<()> {
         secs(t.elapsed())
     );
     let t = Instant::now();
-    docker(&[
+    let (sites_s, per_site, interval, conns) = (
+        sites.to_string(),
+        a.ders_per_site.to_string(),
+        a.telemetry_interval_ms.to_string(),
+        a.connections.to_string(),
+    );
+    let broker_addr = format!("{broker}:1883");
+    let mut run = vec![
         "run",
         "-d",
         "--name",
@@ -315,16 +330,20 @@ fn main() -> Result<()> {
         &image,
         "/vpp-loadgen",
         "--broker",
-        &format!("{broker}:1883"),
+        &broker_addr,
         "--generate-sites",
-        &sites.to_string(),
+        &sites_s,
         "--ders-per-site",
-        &a.ders_per_site.to_string(),
+        &per_site,
         "--telemetry-interval-ms",
-        &a.telemetry_interval_ms.to_string(),
+        &interval,
         "--connections",
-        &a.connections.to_string(),
-    ])?;
+        &conns,
+    ];
+    if a.site_batch {
+        run.push("--site-batch");
+    }
+    docker(&run)?;
     // Seen = the members together accepted at least one message per device
     // (telemetry, status), and the root counts every device online.
     let mut last = Instant::now();
