@@ -608,3 +608,35 @@ async fn external_session_sheds_telemetry_when_behind_but_never_an_ack() {
     );
     assert!(telemetry_seen >= vpp_runtime::mqtt::EVENT_CHANNEL_CAPACITY - 1);
 }
+
+/// A member that runs every shard subscribes to 7 × 256 filters: more than
+/// one SUBSCRIBE packet may carry (rumqttd takes 20 KiB). The session splits
+/// them, reports Connected once every SUBACK is in, and hears every shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_session_subscribes_every_shard_of_a_whole_fleet() {
+    let broker = embedded();
+    let url: BrokerUrl = format!("mqtt://{}", broker.local_addr()).parse().unwrap();
+    let filters: Vec<String> = (0..=255u8)
+        .flat_map(vpp_protocol::topic::shard_filters)
+        .collect();
+    assert!(filters.iter().map(|f| f.len() + 3).sum::<usize>() > 20 * 1024);
+    let (_runtime, mut events) =
+        MqttSession::connect(BrokerTarget::External(url.clone()), "vpp-runtime", filters)
+            .await
+            .unwrap();
+    connected(&mut events).await;
+    let (device, mut device_events) =
+        MqttSession::connect(BrokerTarget::External(url), "gw-1", vec![])
+            .await
+            .unwrap();
+    connected(&mut device_events).await;
+    // Sites whose shards are the first and the last filters subscribed.
+    for site in (0..10_000)
+        .map(|i| format!("s{i}"))
+        .filter(|s| matches!(vpp_protocol::shard_of(s), 0 | 255))
+    {
+        let topic = vpp_protocol::topic::site_topic(&site, vpp_protocol::Channel::Ack);
+        publish(&device, &topic, b"x", Qos::AtLeastOnce, false);
+        assert_eq!(&message_on(&mut events, &topic).await[..], b"x");
+    }
+}

@@ -57,6 +57,10 @@ use super::{BrokerUrl, MqttEvent, Qos, RECONNECT_MIN};
 /// pending stays visible in [`super::PublisherStats::pending`].
 const REQUEST_CHANNEL: usize = 8192;
 
+/// Filters per SUBSCRIBE packet: ~5 KB at most, far under any broker's
+/// packet limit.
+const FILTERS_PER_SUBSCRIBE: usize = 128;
+
 /// Unacknowledged QoS 1 publishes in flight (rumqttc's packet-id window).
 const INFLIGHT: u16 = 1000;
 
@@ -200,6 +204,8 @@ async fn run(mut eventloop: EventLoop, client: AsyncClient, s: Session) {
     let mut carried: Vec<Request> = Vec::new();
     // Has been up before (the out connection reports only comebacks).
     let mut ever_up = false;
+    // SUBACKs still to come for the current connection's SUBSCRIBEs.
+    let mut subacks_due = 0usize;
     loop {
         if s.events.is_closed() && s.writer_done.load(Ordering::Acquire) {
             break;
@@ -207,14 +213,18 @@ async fn run(mut eventloop: EventLoop, client: AsyncClient, s: Session) {
         match eventloop.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                 backoff = RECONNECT_MIN;
-                if !s.filters.is_empty() {
-                    let filters = s
-                        .filters
+                // Several SUBSCRIBE packets: one with every filter of a member
+                // that runs many shards (7 filters each) is larger than a
+                // broker takes (rumqttd's default: 20 KiB).
+                subacks_due = 0;
+                for chunk in s.filters.chunks(FILTERS_PER_SUBSCRIBE) {
+                    let filters = chunk
                         .iter()
                         .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
                     eventloop
                         .pending
                         .push_back(Request::Subscribe(Subscribe::new_many(filters)));
+                    subacks_due += 1;
                 }
                 eventloop.pending.extend(carried.drain(..));
                 if s.filters.is_empty() {
@@ -230,12 +240,16 @@ async fn run(mut eventloop: EventLoop, client: AsyncClient, s: Session) {
                 }
             }
             Ok(Event::Incoming(Incoming::SubAck(ack))) => {
-                for (code, filter) in ack.return_codes.iter().zip(&s.filters) {
-                    if *code == SubscribeReasonCode::Failure {
-                        tracing::error!(client_id = %s.client_id, %filter, "broker refused the subscription");
-                    }
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .filter(|c| **c == SubscribeReasonCode::Failure)
+                    .count();
+                if refused > 0 {
+                    tracing::error!(client_id = %s.client_id, refused, pkid = ack.pkid, "broker refused subscriptions");
                 }
-                if !up {
+                subacks_due = subacks_due.saturating_sub(1);
+                if !up && subacks_due == 0 {
                     up = true;
                     down_reported = false;
                     tracing::info!(client_id = %s.client_id, url = %s.url, "mqtt connected");
