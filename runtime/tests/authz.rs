@@ -182,9 +182,15 @@ struct Http {
 
 impl Http {
     fn new(url: &str) -> Http {
+        // A fresh connection per request: the node closes a connection
+        // whose request body it refused without reading, and a pooled
+        // client could pick that one up just as it closes ("Peer
+        // disconnected", seen once in CI).
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
             .build()
             .into();
         Http {
