@@ -506,7 +506,12 @@ fn serve(data_dir: Option<PathBuf>, a: ServeArgs) -> Result<()> {
         None => NodeConfig::default(),
     };
     let env: HashMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k == "VPP_DATA_DIR" || k == "VPP_LISTEN" || k.starts_with("VPP_CLUSTER_"))
+        .filter(|(k, _)| {
+            k == "VPP_DATA_DIR"
+                || k == "VPP_LISTEN"
+                || k.starts_with("VPP_CLUSTER_")
+                || k.starts_with("VPP_MQTT_")
+        })
         .collect();
     cfg = cfg.with_env(&env)?;
     if let Some(d) = data_dir {
