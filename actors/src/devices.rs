@@ -14,18 +14,13 @@ pub trait DeviceLink: Send + Sync + 'static {
 
     /// Whether devices get one site document per site (the current desired
     /// document of every DER of the site that has one, device protocol
-    /// §3.7) instead of a document per DER.
-    fn site_documents(&self) -> bool {
-        false
-    }
+    /// §3.7) instead of a document per DER. No default: a link that wraps
+    /// another must pass this on (a defaulted wrapper once hid it).
+    fn site_documents(&self) -> bool;
 
     /// Publish the site document of `site`: every DER's current document
     /// (retained). Called only when [`DeviceLink::site_documents`] is true.
-    fn desired_site(&self, site: &NodeId, docs: &[(&NodeId, Desired)]) {
-        for (der, doc) in docs {
-            self.desired(site, der, doc);
-        }
-    }
+    fn desired_site(&self, site: &NodeId, docs: &[(&NodeId, Desired)]);
 }
 
 /// Reaches no device (fleets without a broker, tests of pure actor logic).
@@ -34,4 +29,10 @@ pub struct NoDevices;
 
 impl DeviceLink for NoDevices {
     fn desired(&self, _: &NodeId, _: &NodeId, _: &Desired) {}
+
+    fn site_documents(&self) -> bool {
+        false
+    }
+
+    fn desired_site(&self, _: &NodeId, _: &[(&NodeId, Desired)]) {}
 }

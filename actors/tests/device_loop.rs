@@ -30,6 +30,14 @@ impl DeviceLink for Recorder {
             .unwrap()
             .push((site.to_string(), der.to_string(), doc.clone()));
     }
+
+    fn site_documents(&self) -> bool {
+        false
+    }
+
+    fn desired_site(&self, _: &NodeId, _: &[(&NodeId, Desired)]) {
+        unreachable!("per-DER documents only")
+    }
 }
 
 impl Recorder {
