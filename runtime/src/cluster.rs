@@ -250,13 +250,35 @@ pub struct Cluster {
     watcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// How long one kind of operation took: count, sum and the longest, in
-/// microseconds (for `/metrics`).
+/// Upper bounds of [`Timing`]'s histogram buckets, in microseconds.
+const TIMING_BUCKETS_US: [u64; 12] = [
+    500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
+    5_000_000,
+];
+
+/// How long one kind of operation took: count, sum, the longest, and a
+/// histogram, in microseconds (for `/metrics`; the histogram is what a p99
+/// over any window is read from).
 #[derive(Default)]
 pub struct Timing {
     count: AtomicU64,
     sum_us: AtomicU64,
     max_us: AtomicU64,
+    /// Operations that took at most `TIMING_BUCKETS_US[i]` (not cumulative).
+    buckets: [AtomicU64; TIMING_BUCKETS_US.len()],
+}
+
+/// The names one [`Timing`] is shown under.
+struct TimingNames {
+    /// `…_total`: how many.
+    count: &'static str,
+    /// `…_microseconds_total`: their sum.
+    sum: &'static str,
+    /// `…_microseconds_max`: the longest since start.
+    max: &'static str,
+    /// `…_seconds`: the histogram.
+    histogram: &'static str,
+    help: &'static str,
 }
 
 impl Timing {
@@ -266,6 +288,7 @@ impl Timing {
             count: AtomicU64::new(0),
             sum_us: AtomicU64::new(0),
             max_us: AtomicU64::new(0),
+            buckets: [const { AtomicU64::new(0) }; TIMING_BUCKETS_US.len()],
         }
     }
 
@@ -275,30 +298,39 @@ impl Timing {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
         self.max_us.fetch_max(us, Ordering::Relaxed);
+        if let Some(i) = TIMING_BUCKETS_US.iter().position(|&b| us <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    /// The count, the sum and the longest under `names` (a `_total`, a
-    /// `_microseconds_total` and a `_microseconds_max`).
-    fn metrics(
-        &self,
-        names: [&'static str; 3],
-        help: &'static str,
-    ) -> [(&'static str, &'static str, &'static str, u64); 3] {
-        [
-            (
-                names[0],
-                help,
-                "counter",
-                self.count.load(Ordering::Relaxed),
-            ),
-            (
-                names[1],
-                help,
-                "counter",
-                self.sum_us.load(Ordering::Relaxed),
-            ),
-            (names[2], help, "gauge", self.max_us.load(Ordering::Relaxed)),
-        ]
+    /// Appends the Prometheus text of this timing to `out`: the count, the
+    /// sum and the longest in microseconds (as before), then a histogram in
+    /// seconds with cumulative `le` buckets.
+    fn write_metrics(&self, n: &TimingNames, out: &mut String) {
+        use std::fmt::Write as _;
+        let count = self.count.load(Ordering::Relaxed);
+        let sum = self.sum_us.load(Ordering::Relaxed);
+        for (name, kind, v) in [
+            (n.count, "counter", count),
+            (n.sum, "counter", sum),
+            (n.max, "gauge", self.max_us.load(Ordering::Relaxed)),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {}\n# TYPE {name} {kind}\n{name} {v}",
+                n.help
+            );
+        }
+        let h = n.histogram;
+        let _ = writeln!(out, "# HELP {h} {}\n# TYPE {h} histogram", n.help);
+        let mut below = 0;
+        for (b, le) in self.buckets.iter().zip(TIMING_BUCKETS_US) {
+            below += b.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{h}_bucket{{le=\"{}\"}} {below}", le as f64 / 1e6);
+        }
+        let _ = writeln!(out, "{h}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{h}_sum {}", sum as f64 / 1e6);
+        let _ = writeln!(out, "{h}_count {count}");
     }
 }
 
@@ -733,7 +765,7 @@ impl Cluster {
 
     /// This member's cluster counters, for `/metrics`.
     pub fn counters(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
-        let mut out = vec![
+        vec![
             (
                 "vpp_cluster_tls_handshakes_failed_total",
                 "TLS handshakes with other members that failed (cluster.tls)",
@@ -758,23 +790,43 @@ impl Cluster {
                 "counter",
                 self.mesh.losses(),
             ),
-        ];
-        out.extend(self.writes.metrics(
-            [
-                "vpp_cluster_writes_total",
-                "vpp_cluster_write_microseconds_total",
-                "vpp_cluster_write_microseconds_max",
-            ],
-            "replicated writes made through this member, from the call to applied here",
-        ));
-        out.extend(storage::LOG_APPENDS.metrics(
-            [
-                "vpp_cluster_log_appends_total",
-                "vpp_cluster_log_append_microseconds_total",
-                "vpp_cluster_log_append_microseconds_max",
-            ],
-            "Raft log appends on this member, written and flushed to disk",
-        ));
+        ]
+    }
+
+    /// This member's cluster timings, as Prometheus text for `/metrics`.
+    pub fn timings(&self) -> String {
+        let mut out = String::new();
+        self.writes.write_metrics(
+            &TimingNames {
+                count: "vpp_cluster_writes_total",
+                sum: "vpp_cluster_write_microseconds_total",
+                max: "vpp_cluster_write_microseconds_max",
+                histogram: "vpp_cluster_write_seconds",
+                help: "replicated writes made through this member, from the call to applied here",
+            },
+            &mut out,
+        );
+        storage::LOG_APPENDS.write_metrics(
+            &TimingNames {
+                count: "vpp_cluster_log_appends_total",
+                sum: "vpp_cluster_log_append_microseconds_total",
+                max: "vpp_cluster_log_append_microseconds_max",
+                histogram: "vpp_cluster_log_append_seconds",
+                help: "Raft log appends on this member, written and flushed to disk",
+            },
+            &mut out,
+        );
+        storage::APPLIES.write_metrics(
+            &TimingNames {
+                count: "vpp_cluster_applies_total",
+                sum: "vpp_cluster_apply_microseconds_total",
+                max: "vpp_cluster_apply_microseconds_max",
+                histogram: "vpp_cluster_apply_seconds",
+                help:
+                    "batches of committed Raft entries applied to this member's store and flushed",
+            },
+            &mut out,
+        );
         out
     }
 
@@ -1058,7 +1110,44 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
-    use super::mesh_addr;
+    use super::{mesh_addr, Timing, TimingNames};
+    use std::time::Duration;
+
+    #[test]
+    fn a_timing_is_a_cumulative_histogram_in_seconds() {
+        let t = Timing::new();
+        for us in [300, 3_000, 3_500, 30_000, 10_000_000] {
+            t.record(Duration::from_micros(us));
+        }
+        let mut out = String::new();
+        t.write_metrics(
+            &TimingNames {
+                count: "x_total",
+                sum: "x_microseconds_total",
+                max: "x_microseconds_max",
+                histogram: "x_seconds",
+                help: "test",
+            },
+            &mut out,
+        );
+        let value = |name: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{name} missing:\n{out}"))
+                .to_string()
+        };
+        assert_eq!(value("x_total"), "5");
+        assert_eq!(value("x_microseconds_max"), "10000000");
+        assert_eq!(value("x_seconds_bucket{le=\"0.0005\"}"), "1");
+        assert_eq!(value("x_seconds_bucket{le=\"0.002\"}"), "1");
+        assert_eq!(value("x_seconds_bucket{le=\"0.005\"}"), "3");
+        assert_eq!(value("x_seconds_bucket{le=\"0.05\"}"), "4");
+        assert_eq!(value("x_seconds_bucket{le=\"5\"}"), "4");
+        assert_eq!(value("x_seconds_bucket{le=\"+Inf\"}"), "5");
+        assert_eq!(value("x_seconds_count"), "5");
+        assert_eq!(value("x_seconds_sum"), "10.0368");
+        assert!(out.contains("# TYPE x_seconds histogram"), "{out}");
+    }
 
     #[test]
     fn the_mesh_takes_the_next_port_and_says_when_there_is_none() {

@@ -505,6 +505,9 @@ fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
         "vpp_cluster_write_microseconds_total",
         "# TYPE vpp_cluster_write_microseconds_max gauge",
         "vpp_cluster_log_append_microseconds_total",
+        "# TYPE vpp_cluster_write_seconds histogram",
+        "# TYPE vpp_cluster_log_append_seconds histogram",
+        "# TYPE vpp_cluster_apply_seconds histogram",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
@@ -514,6 +517,12 @@ fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
         .find_map(|l| l.strip_prefix("vpp_cluster_log_appends_total "))
         .and_then(|n| n.trim().parse::<u64>().ok());
     assert!(appends.is_some_and(|n| n > 0), "{appends:?}");
+    // … and its histogram counts every one of them.
+    let in_buckets = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vpp_cluster_log_append_seconds_bucket{le=\"+Inf\"} "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert_eq!(in_buckets, appends, "{metrics}");
     let old = leader(&m, &token);
     let i = m.iter().position(|x| x.name == old).unwrap();
     // Every member runs shards to begin with.

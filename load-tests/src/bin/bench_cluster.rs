@@ -387,7 +387,7 @@ fn main() -> Result<()> {
         "/api/v1/dispatches",
         &json!({"id": "bench-1", "target": root, "direction": "up", "power_kw": kw, "duration_s": 3600}),
     )?;
-    let accepted = t.elapsed();
+    let taken = t.elapsed();
     let rec = wait_for("the order allocated", a.phase_timeout_s, || {
         let v = clients[fi].get("/api/v1/dispatches/bench-1").ok()?;
         (v["dispatch"]["status"] == "allocated").then_some(v)
@@ -407,16 +407,17 @@ fn main() -> Result<()> {
     let acks = t.elapsed();
     println!(
         "dispatch {kw} kW through a follower: accepted {} · allocated {} ({alloc_kw} kW) · devices acked {} kW after {}",
-        secs(accepted),
+        secs(taken),
         secs(allocated),
         r["acked_kw"],
         secs(acks)
     );
 
     // Registry write latency.
-    let mut figures = Vec::new();
     for (label, i) in [("leader", li), ("follower", fi)] {
-        let before = cluster_timings(&clients[li]);
+        let before = [cluster_timings(&clients[li]), cluster_timings(&clients[fi])];
+        let heard_before: u64 = clients.iter().map(accepted).sum();
+        let phase = Instant::now();
         let mut lat = Vec::with_capacity(a.writes);
         for n in 0..a.writes {
             let body =
@@ -425,38 +426,44 @@ fn main() -> Result<()> {
             clients[i].post_json("/api/v1/accounts", &body)?;
             lat.push(t.elapsed());
         }
+        let load = (clients.iter().map(accepted).sum::<u64>() - heard_before) as f64
+            / phase.elapsed().as_secs_f64();
         lat.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let line = format!(
-            "registry writes through the {label}: p50 {:.1} ms · p99 {:.1} ms · max {:.1} ms ({} writes, under telemetry load)",
+            "registry writes through the {label}: p50 {:.1} ms · p99 {:.1} ms · max {:.1} ms ({} writes in {}, while the members accepted {load:.0} device messages/s)",
             ms(percentile(&lat, 0.5)),
             ms(percentile(&lat, 0.99)),
             ms(*lat.last().unwrap_or(&Duration::ZERO)),
-            a.writes
+            a.writes,
+            secs(phase.elapsed()),
         );
         println!("{line}");
-        figures.push(line);
-        // Where the time went, as the leader measured it.
-        let after = cluster_timings(&clients[li]);
-        let mean = |count: &str, sum: &str| {
-            let n = after.get(count).unwrap_or(&0.0) - before.get(count).unwrap_or(&0.0);
-            let us = after.get(sum).unwrap_or(&0.0) - before.get(sum).unwrap_or(&0.0);
-            if n > 0.0 {
-                us / n / 1000.0
-            } else {
-                0.0
+        // Where the time went, as the members measured it (histogram
+        // buckets over this phase: "≤ 5" is the bucket's upper bound).
+        let after = [cluster_timings(&clients[li]), cluster_timings(&clients[fi])];
+        for (who, j) in [("leader", 0), ("follower", 1)] {
+            let h = |name: &str| {
+                let q = |q: f64| {
+                    histogram_quantile(&before[j], &after[j], name, q)
+                        .map_or("-".to_string(), |s| format!("≤ {}", s * 1000.0))
+                };
+                format!("p50 {} · p99 {} ms", q(0.5), q(0.99))
+            };
+            let mut parts = Vec::new();
+            if who == label {
+                parts.push(format!(
+                    "write (call to applied) {}",
+                    h("vpp_cluster_write_seconds")
+                ));
             }
-        };
-        let line = format!(
-            "  as the leader measured them: replicated write mean {:.1} ms · log append with fsync mean {:.1} ms",
-            mean("vpp_cluster_writes_total", "vpp_cluster_write_microseconds_total"),
-            mean(
-                "vpp_cluster_log_appends_total",
-                "vpp_cluster_log_append_microseconds_total"
-            ),
-        );
-        println!("{line}");
-        figures.push(line);
+            parts.push(format!(
+                "log append + fsync {}",
+                h("vpp_cluster_log_append_seconds")
+            ));
+            parts.push(format!("apply + flush {}", h("vpp_cluster_apply_seconds")));
+            println!("  as the {who} measured them: {}", parts.join("; "));
+        }
     }
 
     // SIGKILL of a member that is not the leader.
@@ -517,7 +524,40 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// The leader's `vpp_cluster_*` figures from `/metrics`, by name.
+/// The `q` quantile of histogram `name` over the window between two
+/// [`cluster_timings`] readings: the upper bound (s) of the first bucket
+/// holding it; `None` if nothing was recorded.
+fn histogram_quantile(
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+    name: &str,
+    q: f64,
+) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = after
+        .iter()
+        .filter_map(|(k, v)| {
+            let le = k.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, v - before.get(k).unwrap_or(&0.0)))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    buckets
+        .iter()
+        .find(|(_, n)| *n >= q * total)
+        .map(|(le, _)| *le)
+}
+
+/// A member's `vpp_cluster_*` figures from `/metrics`, by name (with labels).
 fn cluster_timings(c: &Client) -> std::collections::HashMap<String, f64> {
     c.get_text("/metrics")
         .unwrap_or_default()

@@ -164,6 +164,7 @@ pub(crate) async fn metrics(State(node): State<AppState>) -> impl IntoResponse {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
         }
+        out.push_str(&c.timings());
     }
     let m = node.metering();
     for (name, help, v) in [

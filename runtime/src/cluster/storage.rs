@@ -49,6 +49,8 @@ fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, AnyError> {
 /// The log, in the `raft_log` tree.
 /// Log appends on this member, until flushed (`/metrics`).
 pub(super) static LOG_APPENDS: super::Timing = super::Timing::new();
+/// Batches of committed entries applied on this member, flush included.
+pub(super) static APPLIES: super::Timing = super::Timing::new();
 
 #[derive(Clone)]
 pub(super) struct LogStore {
@@ -252,6 +254,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let store = self.store.clone();
         let mut mark = self.mark.clone();
+        let started = std::time::Instant::now();
         let res = tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(entries.len());
             let mut hierarchies = 0u64;
@@ -293,6 +296,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(|e| StorageIOError::write_state_machine(io(e)))?;
+        APPLIES.record(started.elapsed());
         match res {
             Ok((out, mark, hierarchies, lives)) => {
                 self.mark = mark;
