@@ -19,6 +19,9 @@
 //!
 //! Each test brings up its own broker, nodes and fleet. The tests run one at
 //! a time (`.config/nextest.toml`). Needs Docker (the CI machine has it).
+//! Every container is labelled with the test process's pid; a test first
+//! removes the containers, networks and images of test processes that are
+//! gone (one killed on a timeout never runs its drops).
 //! Run: `cargo nextest run -p vpp-runtime --test containers`
 
 mod common;
@@ -69,6 +72,102 @@ fn docker(args: &[&str]) {
         "docker {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The label every container of these tests carries; its value is the pid
+/// of the test process that started it.
+const PID_LABEL: &str = "vpp-containers-test-pid";
+
+/// Whether `pid` is a process id (digits) of a process that is gone.
+fn dead(pid: &str) -> bool {
+    !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && !std::path::Path::new("/proc").join(pid).exists()
+}
+
+/// Lines Docker prints for `args` (none if it fails).
+fn docker_lines(args: &[&str]) -> Vec<String> {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes what earlier test processes left behind when they were killed
+/// (nextest's timeout): their containers (by label), then their networks
+/// (`vpp-t<pid>`) and images (`vpp:t<pid>`). A test process still running
+/// keeps its own. Returns how many containers went.
+fn remove_stale() -> usize {
+    let mut removed = 0;
+    let format = format!("{{{{.ID}}}} {{{{.Label \"{PID_LABEL}\"}}}}");
+    let filter = format!("label={PID_LABEL}");
+    for line in docker_lines(&["ps", "-a", "--filter", &filter, "--format", &format]) {
+        let (id, pid) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+        if dead(pid) {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            removed += 1;
+        }
+    }
+    for net in docker_lines(&["network", "ls", "--format", "{{.Name}}"]) {
+        if net.strip_prefix("vpp-t").is_some_and(dead) {
+            let _ = Command::new("docker")
+                .args(["network", "rm", &net])
+                .output();
+        }
+    }
+    for tag in docker_lines(&["images", "vpp", "--format", "{{.Tag}}"]) {
+        if tag.strip_prefix('t').is_some_and(dead) {
+            let _ = Command::new("docker")
+                .args(["rmi", "-f", &format!("vpp:{tag}")])
+                .output();
+        }
+    }
+    removed
+}
+
+#[test]
+fn containers_of_killed_test_runs_are_removed_and_live_ones_kept() {
+    let pid = std::process::id().to_string();
+    let tag = format!("t{pid}");
+    build_image(&tag);
+    let _image = RemoveImage(format!("vpp:{tag}"));
+    // Created, not started: a container of a test process that is gone
+    // (no pid is that high) and one of this one.
+    let create = |owner: &str| {
+        let out = Command::new("docker")
+            .args(["create", "--label", &format!("{PID_LABEL}={owner}")])
+            .arg(format!("vpp:{tag}"))
+            .args(["/vpp", "--version"])
+            .output()
+            .expect("docker runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let stale = create("4294967295");
+    let ours = create(&pid);
+    let exists = |id: &str| {
+        !docker_lines(&["ps", "-aq", "--no-trunc", "--filter", &format!("id={id}")]).is_empty()
+    };
+    assert!(exists(&stale) && exists(&ours));
+    assert!(remove_stale() >= 1);
+    let (stale_left, ours_left) = (exists(&stale), exists(&ours));
+    let _ = Command::new("docker")
+        .args(["rm", "-f", &stale, &ours])
+        .output();
+    assert!(!stale_left, "the dead run's container was removed");
+    assert!(ours_left, "a running test's container is kept");
+    // Not pids: never taken for a dead run's.
+    assert!(!dead("") && !dead("latest") && !dead(&pid));
 }
 
 /// Removes the test's image when dropped.
@@ -202,7 +301,12 @@ struct Cluster {
 }
 
 fn up() -> Cluster {
-    let run = format!("t{}", std::process::id());
+    let stale = remove_stale();
+    if stale > 0 {
+        eprintln!("removed {stale} containers left by killed test runs");
+    }
+    let pid = std::process::id().to_string();
+    let run = format!("t{pid}");
     build_image(&run);
     let image_guard = RemoveImage(format!("vpp:{run}"));
     let net = format!("vpp-{run}");
@@ -218,6 +322,7 @@ fn up() -> Cluster {
         .with_cmd(["/vpp", "broker", "--listen", "0.0.0.0:1883"])
         .with_network(&net)
         .with_container_name(&broker_name)
+        .with_label(PID_LABEL, &pid)
         .start()
         .expect("broker container");
     let nodes: Vec<Node> = names
@@ -228,6 +333,7 @@ fn up() -> Cluster {
                 .with_cmd(["/vpp", "serve"])
                 .with_network(&net)
                 .with_container_name(n)
+                .with_label(PID_LABEL, &pid)
                 .with_env_var("VPP_LISTEN", "0.0.0.0:8080")
                 .with_env_var("VPP_DATA_DIR", "/data")
                 .with_env_var("VPP_BROKER", format!("mqtt://{broker_name}:1883"))
@@ -298,6 +404,7 @@ fn up() -> Cluster {
         ])
         .with_network(&net)
         .with_container_name(format!("loadgen-{run}"))
+        .with_label(PID_LABEL, &pid)
         .start()
         .expect("loadgen container");
     let c = Cluster {

@@ -86,10 +86,11 @@ fn docker(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Removes the containers and network of the run when dropped.
+/// Removes the containers, network and image of the run when dropped.
 struct Cleanup {
     containers: Vec<String>,
     net: String,
+    image: String,
     keep: bool,
 }
 
@@ -97,8 +98,8 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         if self.keep {
             println!(
-                "kept: containers {:?}, network {}",
-                self.containers, self.net
+                "kept: containers {:?}, network {}, image {}",
+                self.containers, self.net, self.image
             );
             return;
         }
@@ -107,6 +108,9 @@ impl Drop for Cleanup {
         }
         let _ = Command::new("docker")
             .args(["network", "rm", &self.net])
+            .output();
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &self.image])
             .output();
     }
 }
@@ -192,6 +196,7 @@ fn main() -> Result<()> {
     let mut cleanup = Cleanup {
         containers: vec![broker.clone(), fleet.clone()],
         net: net.clone(),
+        image: image.clone(),
         keep: a.keep,
     };
     cleanup.containers.extend(names.iter().cloned());
