@@ -593,10 +593,14 @@ impl Fleet {
     pub async fn dispatch(&self, order: Arc<DispatchOrder>) -> Result<DispatchOutcome, FleetError> {
         let target = order.target.clone();
         let span = tracing::info_span!("dispatch", order = %order.id, target = %target, power_w = order.power_w);
-        let _g = span.enter();
         let share = order.power_w;
-        self.dispatch_share(&target, order, share, self.timeout(), false)
-            .await
+        // Instrumented, not entered: a guard held across the await would
+        // leave the span entered for whatever else runs on this thread.
+        tracing::Instrument::instrument(
+            self.dispatch_share(&target, order, share, self.timeout(), false),
+            span,
+        )
+        .await
     }
 
     /// [`Fleet::dispatch`] of an order already split, after the tree was

@@ -61,7 +61,7 @@ mod views;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -206,12 +206,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/notices", get(programs::notices))
         .route("/api/v1/notices/stream", get(programs::notice_stream));
     Router::new()
-        .route("/api/v1/health", get(system::health))
-        .route("/api/v1/health/live", get(system::live))
-        .route("/api/v1/health/ready", get(system::ready))
         .route("/api/v1/cluster", get(system::cluster))
         .merge(fleet)
         .merge(programs)
+        // Every route above is a span (`otel.rs`); the probes and the
+        // scrape below are not (they would drown the rest).
+        .route_layer(middleware::from_fn(trace_request))
+        .route("/api/v1/health", get(system::health))
+        .route("/api/v1/health/live", get(system::live))
+        .route("/api/v1/health/ready", get(system::ready))
         .route("/metrics", get(system::metrics))
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
@@ -238,6 +241,31 @@ async fn to_leader(State(node): State<AppState>, req: Request, next: Next) -> Re
     }
     let limit = (node.config().api.max_body_mb * 1024 * 1024) as usize;
     c.route_api(req, limit, |req| next.run(req)).await
+}
+
+/// One span per request, named `{METHOD} {route}` (the route's pattern, so
+/// ids do not make every name new), with the answer's status.
+async fn trace_request(matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
+    use tracing::field::Empty;
+    use tracing::Instrument as _;
+    let route = matched.as_ref().map_or("?", MatchedPath::as_str);
+    let method = req.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = Empty,
+        otel.status_code = Empty,
+    );
+    let response = next.run(req).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
 }
 
 /// Rewrites any error answer that is not already the API's JSON (axum's own

@@ -62,6 +62,13 @@ pub enum Cmd {
     /// simulated fleet over MQTT, a dispatch and its results per aggregate.
     Demo(crate::demo::DemoArgs),
     /// Run a node: embedded store and MQTT broker, actor hierarchy, HTTP API.
+    #[command(
+        after_help = "Environment: VPP_LOG (log filter), VPP_* overrides of the config \
+(runtime/config/vpp.toml), and for OpenTelemetry traces over OTLP/HTTP: \
+OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318 (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), \
+OTEL_SERVICE_NAME [vpp], OTEL_BSP_SCHEDULE_DELAY (ms) [5000], VPP_TRACES (which spans) \
+[warn,vpp_runtime=info,vpp_actors=info]."
+    )]
     Serve(ServeArgs),
     /// Import, export, show, validate and generate hierarchies.
     #[command(subcommand)]

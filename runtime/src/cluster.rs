@@ -592,8 +592,10 @@ impl Cluster {
     /// Replicates `cmd`: through this node if it leads, else through the
     /// leader. Returns once the command is applied on this node too.
     pub async fn write(&self, cmd: Command) -> Result<Applied, WriteError> {
+        use tracing::Instrument as _;
         let started = std::time::Instant::now();
-        let result = self.write_untimed(cmd).await;
+        let span = tracing::info_span!("registry write", command = cmd.name());
+        let result = self.write_untimed(cmd).instrument(span).await;
         self.writes.record(started.elapsed());
         result
     }

@@ -23,5 +23,6 @@ pub mod devices;
 pub mod metering;
 pub mod mqtt;
 pub mod node;
+pub mod otel;
 pub mod programs;
 pub mod serve;

@@ -16,14 +16,43 @@ fn main() -> std::process::ExitCode {
         vpp_runtime::cli::Cmd::Demo(_) => "warn,rumqttd=off,vpp_simulator=error",
         _ => "warn,vpp_runtime=info,rumqttd=off",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VPP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+    // Spans go to an OpenTelemetry collector only from `vpp serve`, and only
+    // if the environment names one (vpp_runtime::otel).
+    let traces = match cli.cmd {
+        vpp_runtime::cli::Cmd::Serve(_) => match vpp_runtime::otel::from_env() {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: OpenTelemetry: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
+    let filter = |var: &str, default: &str| {
+        EnvFilter::try_from_env(var).unwrap_or_else(|_| EnvFilter::new(default))
+    };
+    // Logs follow VPP_LOG; the spans sent to the collector, VPP_TRACES.
+    let otel = traces.as_ref().map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t.tracer.clone())
+            .with_filter(filter("VPP_TRACES", vpp_runtime::otel::DEFAULT_FILTER))
+    });
+    tracing_subscriber::registry()
+        .with(otel)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter("VPP_LOG", default)),
         )
-        .with_writer(std::io::stderr)
         .init();
-    match vpp_runtime::cli::run(cli) {
+    let result = vpp_runtime::cli::run(cli);
+    if let Some(t) = traces {
+        t.shutdown();
+    }
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

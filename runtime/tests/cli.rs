@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::process::{vpp, NodeProcess};
+use common::process::{serve_refused, vpp, NodeProcess};
 use common::repo;
 use vpp_store::Store;
 
@@ -178,38 +178,7 @@ fn shipped_examples_validate() {
 #[test]
 fn serve_reads_the_mqtt_env_overrides() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vpp"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("VPP_MQTT_SITE_DOCUMENTS", "maybe")
-        .env("VPP_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let status = status.expect("vpp serve ignored VPP_MQTT_SITE_DOCUMENTS=maybe and kept serving");
-    assert!(!status.success());
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let err = serve_refused(dir.path(), &[("VPP_MQTT_SITE_DOCUMENTS", "maybe")]);
     assert!(err.contains("VPP_MQTT_SITE_DOCUMENTS"), "{err}");
 }
 

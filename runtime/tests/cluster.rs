@@ -457,24 +457,14 @@ fn a_peer_without_the_cookie_is_refused() {
 #[test]
 fn a_bad_member_list_is_refused_at_start_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vpp"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-        ])
-        .env("VPP_LOG", "warn")
-        .env("VPP_CLUSTER_NODE", "n9")
-        .env("VPP_CLUSTER_MEMBERS", "n1@127.0.0.1:1,n2@127.0.0.1:2")
-        .env("VPP_CLUSTER_COOKIE", COOKIE)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::process::serve_refused(
+        dir.path(),
+        &[
+            ("VPP_CLUSTER_NODE", "n9"),
+            ("VPP_CLUSTER_MEMBERS", "n1@127.0.0.1:1,n2@127.0.0.1:2"),
+            ("VPP_CLUSTER_COOKIE", COOKIE),
+        ],
+    );
     assert!(
         err.contains("\"n9\"") && err.contains("not among the members"),
         "{err}"

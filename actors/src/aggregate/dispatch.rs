@@ -96,9 +96,17 @@ impl Aggregate {
         myself: &ActorRef<AggregateMsg>,
         share: DispatchShare,
     ) -> DispatchOutcome {
+        let span = tracing::debug_span!("dispatch", node = %self.id, order = %share.order.id, share_w = share.share_w);
+        // Instrumented, not entered across the awaits (see Fleet::dispatch).
+        tracing::Instrument::instrument(self.place(myself, share), span).await
+    }
+
+    async fn place(
+        &mut self,
+        myself: &ActorRef<AggregateMsg>,
+        share: DispatchShare,
+    ) -> DispatchOutcome {
         let order = share.order.clone();
-        let span = tracing::debug_span!("dispatch", node = %self.id, order = %order.id, share_w = share.share_w);
-        let _g = span.enter();
         self.expire(now_ms());
         let n = self.children.len();
 

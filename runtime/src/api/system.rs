@@ -151,6 +151,16 @@ pub(crate) async fn metrics(State(node): State<AppState>) -> impl IntoResponse {
             "connections (and reconnections) to the broker",
             ing.connects.load(Ordering::Relaxed),
         ),
+        (
+            "vpp_otel_exports_total",
+            "batches of spans an OpenTelemetry collector accepted (OTEL_EXPORTER_OTLP_ENDPOINT)",
+            crate::otel::exports_total(),
+        ),
+        (
+            "vpp_otel_export_failures_total",
+            "batches of spans that could not be delivered to the OpenTelemetry collector",
+            crate::otel::export_failures_total(),
+        ),
     ] {
         let _ = writeln!(
             out,

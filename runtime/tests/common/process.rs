@@ -21,18 +21,12 @@ impl NodeProcess {
 
     /// As [`NodeProcess::start`], with more `vpp serve` flags (`--config F`).
     pub fn start_with(dir: &Path, flags: &[&str]) -> NodeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vpp"))
-            .arg("--data-dir")
-            .arg(dir)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--mqtt-listen",
-                "127.0.0.1:0",
-            ])
-            .args(flags)
-            .env("VPP_LOG", "warn")
+        Self::start_env(dir, flags, &[])
+    }
+
+    /// As [`NodeProcess::start_with`], with more environment variables.
+    pub fn start_env(dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> NodeProcess {
+        let mut child = serve_command(dir, flags, env)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -76,6 +70,53 @@ impl Drop for NodeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `vpp serve` over `dir` on free ports (API and embedded broker), with
+/// `flags` and `env`, logging warnings only.
+fn serve_command(dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vpp"));
+    c.arg("--data-dir")
+        .arg(dir)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+        ])
+        .args(flags)
+        .env("VPP_LOG", "warn")
+        .envs(env.iter().copied());
+    c
+}
+
+/// Runs `vpp serve` over `dir` with `env`, expecting it to refuse to start,
+/// and returns what it printed on stderr. A node that starts anyway is
+/// killed after 20 s and the test fails.
+pub fn serve_refused(dir: &Path, env: &[(&str, &str)]) -> String {
+    let mut child = serve_command(dir, &[], env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vpp starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break Some(st);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let status = status.unwrap_or_else(|| panic!("vpp serve with {env:?} kept serving: {err}"));
+    assert!(!status.success(), "vpp serve with {env:?} exited 0: {err}");
+    err
 }
 
 /// Runs the CLI to completion.
