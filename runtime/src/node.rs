@@ -32,7 +32,10 @@ use vpp_store::{
 use crate::cluster::{Cluster, WriteError, Writer};
 use crate::config::NodeConfig;
 use crate::devices::IngestStats;
+
+mod gate;
 use crate::metering::Metering;
+use gate::Gate;
 
 /// Why a node operation failed. The API maps each to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +130,9 @@ pub struct Node {
     /// single node; in a cluster while it acts for its shards
     /// (`Cluster::acting`).
     pub devices_active: Arc<std::sync::atomic::AtomicBool>,
+    /// Holds what the DER actors publish while this member does not act
+    /// (`node/gate.rs`), and sends it when it acts again.
+    gate: Arc<Gate>,
     /// The device-protocol shards this member runs, after each rebuild of
     /// its part of the fleet (a cluster member subscribes to their topics).
     shards: tokio::sync::watch::Sender<Vec<u8>>,
@@ -189,10 +195,8 @@ impl Node {
         let devices_active = Arc::new(std::sync::atomic::AtomicBool::new(
             config.cluster.node.is_empty(),
         ));
-        let devices: Arc<dyn DeviceLink> = Arc::new(Gated {
-            inner: devices,
-            open: devices_active.clone(),
-        });
+        let gate = Arc::new(Gate::new(devices, devices_active.clone()));
+        let devices: Arc<dyn DeviceLink> = gate.clone();
         let writes = if config.cluster.node.is_empty() {
             Writer::Local(store.clone())
         } else {
@@ -209,6 +213,7 @@ impl Node {
             writes,
             hierarchies_loaded: AtomicU64::new(0),
             devices_active,
+            gate,
             shards: tokio::sync::watch::channel(Vec::new()).0,
             write_behind: std::sync::Mutex::new(Some(wb)),
             writer,
@@ -790,16 +795,25 @@ async fn gate_devices(node: std::sync::Weak<Node>) {
         let Some(n) = node.upgrade() else { return };
         if let Some(c) = n.writes.cluster() {
             let acting = c.acting();
-            if n.devices_active.swap(acting, Ordering::SeqCst) != acting {
-                tracing::info!(
-                    acting,
-                    "this member's devices are {}",
-                    if acting {
-                        "in its hands"
-                    } else {
-                        "out of its hands"
-                    }
-                );
+            if acting != n.devices_active.load(Ordering::SeqCst) {
+                if acting {
+                    // What the actors made meanwhile goes out now, for the
+                    // sites this member runs (`node/gate.rs`).
+                    let mine = n.shards.borrow().clone();
+                    let (sent, dropped) = n.gate.open(
+                        |site| mine.contains(&vpp_protocol::shard_of(site.as_str())),
+                        std::time::Duration::from_millis(n.config.cluster.detect_ms),
+                    );
+                    tracing::info!(
+                        acting,
+                        held_sent = sent,
+                        held_dropped = dropped,
+                        "this member's devices are in its hands"
+                    );
+                } else {
+                    n.gate.close();
+                    tracing::info!(acting, "this member's devices are out of its hands");
+                }
             }
         }
         drop(n);
@@ -860,32 +874,6 @@ async fn follow_placement(
         drop(n);
         if lives.changed().await.is_err() {
             return;
-        }
-    }
-}
-
-/// A device link that passes documents on only while `open` (a cluster
-/// member stays silent about its shards while it does not hear from the
-/// leader, so two members never both publish for one site for long).
-struct Gated {
-    inner: Arc<dyn DeviceLink>,
-    open: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl DeviceLink for Gated {
-    fn desired(&self, site: &NodeId, der: &NodeId, doc: &vpp_protocol::Desired) {
-        if self.open.load(Ordering::Relaxed) {
-            self.inner.desired(site, der, doc);
-        }
-    }
-
-    fn site_documents(&self) -> bool {
-        self.inner.site_documents()
-    }
-
-    fn desired_site(&self, site: &NodeId, docs: &[(&NodeId, vpp_protocol::Desired)]) {
-        if self.open.load(Ordering::Relaxed) {
-            self.inner.desired_site(site, docs);
         }
     }
 }

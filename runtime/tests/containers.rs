@@ -456,6 +456,47 @@ impl Cluster {
         (s == 200 && r["acked_kw"].as_f64().unwrap_or(0.0) >= kw - 1e-6).then(|| r.clone())
     }
 
+    /// Waits up to `secs` until the devices acknowledged `kw` at the root,
+    /// read through `n`. On a timeout the test fails showing the root's
+    /// response through every member, each order's status and the load
+    /// generator's last lines, so a failure says where the acks stopped.
+    fn wait_acked(&self, n: &Node, kw: f64, secs: u64) -> Value {
+        let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(r) = self.acked(n, kw) {
+                return r;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let mut why = format!("devices did not acknowledge {kw} kW within {secs} s\n");
+        for m in &self.nodes {
+            let (s, v) = m.get(
+                &self.token,
+                &format!("/api/v1/nodes/{}/capacity", self.root),
+            );
+            why += &format!(
+                "root response through {} ({s}): {}\n",
+                m.name, v["envelope"]["response"]
+            );
+        }
+        let (_, v) = n.get(&self.token, "/api/v1/dispatches");
+        why += &format!("orders: {v}\n");
+        if let Ok(out) = Command::new("docker")
+            .args(["logs", "--tail", "40", self._fleet.id()])
+            .output()
+        {
+            why += &format!(
+                "--- load generator ---\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        panic!("{why}");
+    }
+
     /// `(placement epoch, shards per member)` as `n` sees it, once its part
     /// of the fleet is built for that placement.
     fn shards_of(&self, n: &Node) -> Option<(u64, Vec<(String, u64)>)> {
@@ -558,7 +599,7 @@ fn a_dispatch_through_any_node_survives_the_leader_being_killed() {
             .then_some(())
     });
     let moved = killed_at.elapsed();
-    let r = eventually(40, || c.acked(survivors[0], 20.0));
+    let r = c.wait_acked(survivors[0], 20.0, 40);
     println!(
         "takeover: {new} leads {:.1} s after SIGKILL of {lead}; its shards run on the survivors {:.1} s after; devices acked {} kW of the order {:.1} s after",
         elected.as_secs_f64(),
@@ -609,7 +650,7 @@ fn a_partitioned_member_goes_quiet_and_nothing_acknowledged_is_lost() {
     let c = up();
     let token = &c.token;
     c.dispatch(&c.nodes[0], "p-1", 10.0);
-    eventually(30, || c.acked(&c.nodes[0], 10.0));
+    c.wait_acked(&c.nodes[0], 10.0, 30);
     // Partition a follower: the other two keep a majority and take writes;
     // the cut-off one acknowledges none; healed, it holds the same ledger.
     let lead = leader(&c.all(), token);
@@ -648,7 +689,7 @@ fn a_partitioned_member_goes_quiet_and_nothing_acknowledged_is_lost() {
         "the majority takes writes"
     );
     // The devices of the moved shards hold the order again, from the majority.
-    eventually(30, || c.acked(other, 10.0));
+    c.wait_acked(other, 10.0, 30);
     // The cut-off node is reached from inside its container (its published
     // port went with its network).
     let (ok, out) = exec_vpp(
@@ -774,7 +815,7 @@ fn a_rolling_restart_under_load_loses_nothing() {
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
-    eventually(30, || c.acked(&c.nodes[0], 13.0));
+    c.wait_acked(&c.nodes[0], 13.0, 30);
     println!(
         "devices acknowledged every order: {:.1} s",
         t.elapsed().as_secs_f64()
