@@ -32,10 +32,10 @@ use vpp_store::{
 use crate::cluster::{Cluster, WriteError, Writer};
 use crate::config::NodeConfig;
 use crate::devices::IngestStats;
-
-mod gate;
 use crate::metering::Metering;
 use gate::Gate;
+
+mod gate;
 
 /// Why a node operation failed. The API maps each to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -126,12 +126,9 @@ pub struct Node {
     writes: Writer,
     /// Replicated hierarchy replacements the fleet has been rebuilt for.
     hierarchies_loaded: AtomicU64,
-    /// Whether this node's DER actors may publish to devices: always for a
-    /// single node; in a cluster while it acts for its shards
-    /// (`Cluster::acting`).
-    pub devices_active: Arc<std::sync::atomic::AtomicBool>,
-    /// Holds what the DER actors publish while this member does not act
-    /// (`node/gate.rs`), and sends it when it acts again.
+    /// Between the DER actors and the devices: open for a single node; in a
+    /// cluster while it acts for its shards (`Cluster::acting`), holding
+    /// what they publish meanwhile (`node/gate.rs`).
     gate: Arc<Gate>,
     /// The device-protocol shards this member runs, after each rebuild of
     /// its part of the fleet (a cluster member subscribes to their topics).
@@ -192,10 +189,7 @@ impl Node {
             },
         )?;
         let writer = wb.handle();
-        let devices_active = Arc::new(std::sync::atomic::AtomicBool::new(
-            config.cluster.node.is_empty(),
-        ));
-        let gate = Arc::new(Gate::new(devices, devices_active.clone()));
+        let gate = Arc::new(Gate::new(devices, config.cluster.node.is_empty()));
         let devices: Arc<dyn DeviceLink> = gate.clone();
         let writes = if config.cluster.node.is_empty() {
             Writer::Local(store.clone())
@@ -212,7 +206,6 @@ impl Node {
             store,
             writes,
             hierarchies_loaded: AtomicU64::new(0),
-            devices_active,
             gate,
             shards: tokio::sync::watch::channel(Vec::new()).0,
             write_behind: std::sync::Mutex::new(Some(wb)),
@@ -769,7 +762,7 @@ impl Node {
 }
 
 /// Takes over the orders each time this member becomes the cluster's leader:
-/// devices hear from this member from now on (`Node::devices_active`), and
+/// devices hear from this member from now on (`Node::gate`), and
 /// every order still in its window is split here again.
 async fn lead(node: std::sync::Weak<Node>, mut leads: tokio::sync::watch::Receiver<bool>) {
     loop {
@@ -795,7 +788,7 @@ async fn gate_devices(node: std::sync::Weak<Node>) {
         let Some(n) = node.upgrade() else { return };
         if let Some(c) = n.writes.cluster() {
             let acting = c.acting();
-            if acting != n.devices_active.load(Ordering::SeqCst) {
+            if acting != n.gate.is_open() {
                 if acting {
                     // What the actors made meanwhile goes out now, for the
                     // sites this member runs (`node/gate.rs`).

@@ -62,7 +62,8 @@ fn build_image(tag: &str) {
     );
 }
 
-fn docker(args: &[&str]) {
+/// Runs `docker args…`, failing the test if it fails; returns its output.
+fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(args)
         .output()
@@ -72,6 +73,7 @@ fn docker(args: &[&str]) {
         "docker {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// The label every container of these tests carries; its value is the pid
@@ -139,19 +141,10 @@ fn containers_of_killed_test_runs_are_removed_and_live_ones_kept() {
     let _image = RemoveImage(format!("vpp:{tag}"));
     // Created, not started: a container of a test process that is gone
     // (no pid is that high) and one of this one.
+    let image = format!("vpp:{tag}");
     let create = |owner: &str| {
-        let out = Command::new("docker")
-            .args(["create", "--label", &format!("{PID_LABEL}={owner}")])
-            .arg(format!("vpp:{tag}"))
-            .args(["/vpp", "--version"])
-            .output()
-            .expect("docker runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        let label = format!("{PID_LABEL}={owner}");
+        docker(&["create", "--label", &label, &image, "/vpp", "--version"])
     };
     let stale = create("4294967295");
     let ours = create(&pid);

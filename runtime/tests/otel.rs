@@ -93,19 +93,23 @@ fn metric(url: &str, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-#[test]
-fn spans_of_requests_and_dispatches_reach_the_collector_the_environment_names() {
-    let (endpoint, got) = collector();
+/// `vpp serve` with `var` naming `endpoint` as its collector, sending a
+/// batch every 100 ms: its data dir, the node and the operator's token.
+fn node_tracing_to(var: &str, endpoint: &str) -> (tempfile::TempDir, NodeProcess, String) {
     let dir = tempfile::tempdir().unwrap();
     let node = NodeProcess::start_env(
         dir.path(),
         &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
+        &[(var, endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "100")],
     );
     let token = operator_token(dir.path());
+    (dir, node, token)
+}
+
+#[test]
+fn spans_of_requests_and_dispatches_reach_the_collector_the_environment_names() {
+    let (endpoint, got) = collector();
+    let (_dir, node, token) = node_tracing_to("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
     let url = &node.url;
     let (s, v) = request_as(
         Some(&token),
@@ -160,17 +164,8 @@ fn a_collector_that_cannot_be_reached_is_counted_and_the_node_carries_on() {
         .local_addr()
         .unwrap()
         .port();
-    let dir = tempfile::tempdir().unwrap();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let node = NodeProcess::start_env(
-        dir.path(),
-        &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.as_str()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    );
-    let token = operator_token(dir.path());
+    let (_dir, node, token) = node_tracing_to("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint);
     eventually(20, || {
         let (s, _) = request_as(
             Some(&token),

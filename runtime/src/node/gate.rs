@@ -29,7 +29,7 @@ use vpp_protocol::Desired;
 
 /// A document made while the gate was closed.
 enum HeldDoc {
-    Der(Desired),
+    Der(NodeId, Desired),
     Site(Vec<(NodeId, Desired)>),
 }
 
@@ -40,18 +40,19 @@ type Held = HashMap<(NodeId, Option<NodeId>), (Instant, HeldDoc)>;
 /// See the module doc.
 pub(crate) struct Gate {
     inner: Arc<dyn DeviceLink>,
-    /// Shared with `Node::devices_active`.
-    open: Arc<AtomicBool>,
+    /// Whether this member's DER actors may publish: always for a single
+    /// node; in a cluster while it acts for its shards (`Cluster::acting`).
+    open: AtomicBool,
     /// Whether anything is held (lets the open path skip the lock).
     any_held: AtomicBool,
     held: Mutex<Held>,
 }
 
 impl Gate {
-    pub(crate) fn new(inner: Arc<dyn DeviceLink>, open: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(inner: Arc<dyn DeviceLink>, open: bool) -> Self {
         Self {
             inner,
-            open,
+            open: AtomicBool::new(open),
             any_held: AtomicBool::new(false),
             held: Mutex::new(HashMap::new()),
         }
@@ -59,6 +60,11 @@ impl Gate {
 
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether documents go straight out.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Closes the gate: documents are held from now on.
@@ -74,20 +80,19 @@ impl Gate {
         let mut h = self.held();
         self.open.store(true, Ordering::SeqCst);
         let (mut sent, mut dropped) = (0, 0);
-        for ((site, der), (at, doc)) in h.drain() {
+        for ((site, _), (at, doc)) in h.drain() {
             if !keep(&site) || at.elapsed() > max_age {
                 dropped += 1;
                 continue;
             }
             sent += 1;
-            match (der, doc) {
-                (Some(der), HeldDoc::Der(d)) => self.inner.desired(&site, &der, &d),
-                (_, HeldDoc::Site(docs)) => {
+            match doc {
+                HeldDoc::Der(der, d) => self.inner.desired(&site, &der, &d),
+                HeldDoc::Site(docs) => {
                     let docs: Vec<(&NodeId, Desired)> =
                         docs.iter().map(|(d, doc)| (d, doc.clone())).collect();
                     self.inner.desired_site(&site, &docs);
                 }
-                (None, HeldDoc::Der(_)) => dropped += 1,
             }
         }
         self.any_held.store(false, Ordering::SeqCst);
@@ -121,7 +126,7 @@ impl DeviceLink for Gate {
     fn desired(&self, site: &NodeId, der: &NodeId, doc: &Desired) {
         self.pass(
             (site.clone(), Some(der.clone())),
-            || HeldDoc::Der(doc.clone()),
+            || HeldDoc::Der(der.clone(), doc.clone()),
             || self.inner.desired(site, der, doc),
         );
     }
@@ -187,8 +192,7 @@ mod tests {
     #[test]
     fn documents_made_while_closed_go_out_when_it_opens_newest_first_and_only_for_sites_kept() {
         let rec = Arc::new(Record::default());
-        let open = Arc::new(AtomicBool::new(false));
-        let gate = Gate::new(rec.clone(), open.clone());
+        let gate = Gate::new(rec.clone(), false);
         let (a, b) = (id("site-a"), id("site-b"));
         gate.desired(&a, &id("a-1"), &doc(1));
         gate.desired(&a, &id("a-1"), &doc(2)); // replaces version 1
@@ -200,7 +204,7 @@ mod tests {
         );
         let (sent, dropped) = gate.open(|s| *s == a, Duration::from_secs(3));
         assert_eq!((sent, dropped), (2, 1));
-        assert!(open.load(Ordering::SeqCst));
+        assert!(gate.is_open());
         let mut got = rec.0.lock().unwrap().clone();
         got.sort();
         assert_eq!(
@@ -219,7 +223,7 @@ mod tests {
     #[test]
     fn held_documents_older_than_the_window_are_dropped() {
         let rec = Arc::new(Record::default());
-        let gate = Gate::new(rec.clone(), Arc::new(AtomicBool::new(true)));
+        let gate = Gate::new(rec.clone(), true);
         gate.close();
         gate.desired(&id("site-a"), &id("a-1"), &doc(1));
         std::thread::sleep(Duration::from_millis(30));
