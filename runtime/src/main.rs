@@ -30,22 +30,35 @@ fn main() -> std::process::ExitCode {
     };
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    use tracing_subscriber::{EnvFilter, Layer as _};
-    let filter = |var: &str, default: &str| {
-        EnvFilter::try_from_env(var).unwrap_or_else(|_| EnvFilter::new(default))
-    };
+    use tracing_subscriber::Layer as _;
     // Logs follow VPP_LOG; the spans sent to the collector, VPP_TRACES.
-    let otel = traces.as_ref().map(|t| {
-        tracing_opentelemetry::layer()
-            .with_tracer(t.tracer.clone())
-            .with_filter(filter("VPP_TRACES", vpp_runtime::otel::DEFAULT_FILTER))
-    });
+    let log_filter = match filter_from_env("VPP_LOG", default) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let otel = match &traces {
+        None => None,
+        Some(t) => match filter_from_env("VPP_TRACES", vpp_runtime::otel::DEFAULT_FILTER) {
+            Ok(f) => Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(t.tracer.clone())
+                    .with_filter(f),
+            ),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+    };
     tracing_subscriber::registry()
         .with(otel)
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .with_filter(filter("VPP_LOG", default)),
+                .with_filter(log_filter),
         )
         .init();
     let result = vpp_runtime::cli::run(cli);
@@ -58,5 +71,17 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The filter `var` names (`default` when it is unset or empty); a value
+/// that is not a filter is an error naming the variable, rather than being
+/// ignored.
+fn filter_from_env(var: &str, default: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&v).map_err(|e| {
+            format!("{var}={v:?} is not a filter such as \"warn,vpp_runtime=info\": {e}")
+        }),
+        _ => Ok(tracing_subscriber::EnvFilter::new(default)),
     }
 }

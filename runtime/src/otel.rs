@@ -19,7 +19,8 @@
 //! costs nothing but the batch: exports that fail are counted
 //! (`vpp_otel_export_failures_total` in `/metrics`) and logged once per
 //! outage, and the node carries on. A malformed endpoint stops `vpp serve`
-//! before it starts, naming the variable.
+//! before it starts, naming the variable; so do a `VPP_TRACES` that is not
+//! a filter and an `OTEL_BSP_SCHEDULE_DELAY` that is not a number of ms.
 //!
 //! Spans are sent with the node's own HTTP client (ureq) on the batch
 //! processor's thread: no second HTTP stack.
@@ -102,6 +103,13 @@ pub fn from_env() -> Result<Option<Traces>> {
             ))
         }
         _ => return Err(bad("expected http://host:port".into())),
+    }
+    if let Ok(ms) = std::env::var("OTEL_BSP_SCHEDULE_DELAY") {
+        if ms.trim().parse::<u64>().is_err() {
+            return Err(anyhow!(
+                "OTEL_BSP_SCHEDULE_DELAY={ms:?}: expected the batch interval in ms, e.g. 5000"
+            ));
+        }
     }
     // The exporter reads the variables itself (and adds `/v1/traces` to the
     // general one); it is handed our client.

@@ -182,6 +182,19 @@ fn serve_reads_the_mqtt_env_overrides() {
     assert!(err.contains("VPP_MQTT_SITE_DOCUMENTS"), "{err}");
 }
 
+/// A log filter that is not one is named, not silently replaced.
+#[test]
+fn a_bad_log_filter_is_named() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vpp"))
+        .args(["config", "default"])
+        .env("VPP_LOG", "vpp_runtime=loud")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = s(&out.stderr);
+    assert!(err.contains("VPP_LOG") && err.contains("loud"), "{err}");
+}
+
 #[test]
 fn config_default_prints_a_valid_config() {
     let out = vpp(&["config", "default"]);

@@ -180,6 +180,32 @@ fn a_collector_that_cannot_be_reached_is_counted_and_the_node_carries_on() {
 }
 
 #[test]
+fn a_bad_span_filter_or_batch_interval_stops_serve_naming_the_variable() {
+    for (env, says) in [
+        (("VPP_TRACES", "vpp_runtime=loud"), "VPP_TRACES"),
+        (
+            ("OTEL_BSP_SCHEDULE_DELAY", "soon"),
+            "OTEL_BSP_SCHEDULE_DELAY",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let err = serve_refused(
+            dir.path(),
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+                env,
+            ],
+        );
+        assert!(err.contains(says), "{env:?}: {err}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{env:?}: nothing written"
+        );
+    }
+}
+
+#[test]
 fn a_malformed_collector_endpoint_stops_serve_before_it_writes_anything() {
     for (value, says) in [
         ("not a url", "not a URL"),
